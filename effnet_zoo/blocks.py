@@ -1,0 +1,59 @@
+"""The MBConv block (inverted residual + squeeze-excitation) that every EfficientNet stage repeats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from timm.layers import DropPath
+from torch import nn
+
+from .layers import ConvBnAct, Padding, SqueezeExcite
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck: expand (1x1) -> depthwise kxk -> SE -> project (1x1, linear).
+
+    The identity shortcut, with stochastic depth, exists only when the block keeps resolution
+    and channels. ``expand`` is absent for ``expand_ratio == 1`` (the first stage), as in the
+    original, so the parameter count matches it exactly.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        expand_ratio: int,
+        se_ratio: float = 0.25,
+        drop_path_rate: float = 0.0,
+        act_layer: Callable[[], nn.Module] = nn.SiLU,
+        padding: Padding = "same",
+        bn_eps: float = 1e-3,
+        bn_momentum: float = 0.01,
+    ) -> None:
+        super().__init__()
+        bn = dict(padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        mid_channels = in_channels * expand_ratio
+        self.expand = ConvBnAct(in_channels, mid_channels, 1, act_layer=act_layer, **bn) if expand_ratio != 1 else None
+        self.dw = ConvBnAct(
+            mid_channels, mid_channels, kernel_size, stride, groups=mid_channels, act_layer=act_layer, **bn
+        )
+        # The SE bottleneck is sized from the block's *input* channels, as in the TF original.
+        self.se = SqueezeExcite(mid_channels, max(1, int(in_channels * se_ratio)), act_layer) if se_ratio > 0 else None
+        self.project = ConvBnAct(mid_channels, out_channels, 1, act_layer=None, **bn)
+        self.has_shortcut = stride == 1 and in_channels == out_channels
+        self.drop_path = DropPath(drop_path_rate) if self.has_shortcut and drop_path_rate > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        if self.expand is not None:
+            x = self.expand(x)
+        x = self.dw(x)
+        if self.se is not None:
+            x = self.se(x)
+        x = self.project(x)
+        if self.has_shortcut:
+            x = self.drop_path(x) + shortcut
+        return x

@@ -1,0 +1,90 @@
+"""``effnet-zoo``: the command-line front of the package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _fmt_count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    title = s["model"] + (f" (phi={s['phi']})" if s["phi"] is not None else "")
+    lines = [
+        f"{title}: width x{s['width_mult']}, depth x{s['depth_mult']}, input {s['input_size'][1]}x{s['input_size'][2]}",
+        "",
+        f"{'stage':<7}{'input':>11}{'channels':>12}{'repeats':>9}{'kernel':>8}{'stride':>8}{'expand':>8}"
+        f"{'params':>10}{'FLOPs':>10}",
+    ]
+
+    def row(name: str, res: str, chans: str, rep: str, k: str, st: str, ex: str, params: int, flops: int) -> str:
+        return (
+            f"{name:<7}{res:>11}{chans:>12}{rep:>9}{k:>8}{st:>8}{ex:>8}{_fmt_count(params):>10}{_fmt_count(flops):>10}"
+        )
+
+    r = s["input_size"][1:]
+    stem = s["stem"]
+    lines.append(row("stem", f"{r[0]}x{r[1]}", f"{s['input_size'][0]}->{stem['out_channels']}", "1", "3", "2", "-",
+                     stem["params"], stem["flops"]))  # fmt: skip
+    for st in s["stages"]:
+        res = "x".join(map(str, st["input_resolution"]))
+        lines.append(row(str(st["stage"]), res, f"{st['in_channels']}->{st['out_channels']}", str(st["repeats"]),
+                         str(st["kernel_size"]), str(st["stride"]), str(st["expand_ratio"]), st["params"],
+                         st["flops"]))  # fmt: skip
+    head, cls = s["head"], s["classifier"]
+    lines.append(row("head", "", f"{head['in_channels']}->{head['out_channels']}", "1", "1", "1", "-",
+                     head["params"], head["flops"]))  # fmt: skip
+    lines.append(row("fc", "", f"{head['out_channels']}->{cls['num_classes']}", "", "", "", "", cls["params"],
+                     cls["flops"]))  # fmt: skip
+    lines += [
+        "",
+        f"total: {s['total_params']:,} parameters, {s['total_flops'] / 1e9:.3f} GFLOPs "
+        f"({s['total_macs'] / 1e9:.3f} G multiply-adds, the paper's 'FLOPs'), counted by torch.utils.flop_counter",
+        "",
+        "feature pyramid (features_only=True / get_features):",
+    ]
+    for f in s["features"]:
+        side = "x".join(map(str, f["resolution"]))
+        lines.append(f"  index {f['index']}: stride {f['reduction']:>2}, {f['channels']:>4} channels, {side:>9}"
+                     f"  ({f['module']})")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from .summary import summarize
+
+    s = summarize(args.model, phi=args.phi, img_size=args.img_size)
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="effnet-zoo", description="EfficientNet-V1, TF-exact, as a timm plugin.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("summary", help="print a model's compound-scaled design (offline)")
+    p.add_argument("model", nargs="?", default="effnet_v1_b0", help="e.g. effnet_v1_b3, effnet_v1_b3.aa_in1k or b3")
+    p.add_argument("--phi", type=float, help="a custom compound coefficient instead of a named variant, e.g. 2.5")
+    p.add_argument("--img-size", type=int, help="input resolution (default: the variant's)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as e:
+        print(f"effnet-zoo: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

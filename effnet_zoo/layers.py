@@ -1,0 +1,99 @@
+"""Building layers: TF-exact "SAME" convolution, conv-BN-act, squeeze-excitation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Padding = Literal["same", "symmetric"]
+PADDINGS = ("same", "symmetric")
+
+
+def same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow's "SAME" padding for one spatial dim: (before, after); the extra pixel goes after."""
+    total = max((math.ceil(size / stride) - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dSame(nn.Conv2d):
+    """Strided convolution with TensorFlow's "SAME" padding at any input size.
+
+    TF pads asymmetrically when the input size is even (one more pixel at the bottom/right).
+    When the padding happens to be symmetric (odd inputs) it is handed to the convolution
+    itself, so only the asymmetric case pays for an extra padded copy, and that copy is the
+    input plus a single row/column.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
+        left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
+        if bottom != top or right != left:
+            x = F.pad(x, (0, right - left, 0, bottom - top))
+        return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
+
+
+def create_conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    groups: int = 1,
+    bias: bool = False,
+    padding: Padding = "same",
+) -> nn.Conv2d:
+    """A convolution padded like TF "SAME" or symmetrically (torchvision / timm-native weights).
+
+    For stride 1 and odd kernels both are the same static symmetric padding, so a plain
+    ``nn.Conv2d`` is returned and nothing is computed per call.
+    """
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    if kernel_size % 2 == 0:
+        raise ValueError(f"only odd kernel sizes are supported, got {kernel_size}")
+    if padding == "same" and stride > 1:
+        return Conv2dSame(in_channels, out_channels, kernel_size, stride, padding=0, groups=groups, bias=bias)
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=bias)
+
+
+class ConvBnAct(nn.Module):
+    """Convolution (no bias) -> BatchNorm -> optional activation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        act_layer: Callable[[], nn.Module] | None = nn.SiLU,
+        padding: Padding = "same",
+        bn_eps: float = 1e-3,
+        bn_momentum: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.conv = create_conv2d(in_channels, out_channels, kernel_size, stride, groups, padding=padding)
+        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
+        self.act = act_layer() if act_layer is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class SqueezeExcite(nn.Module):
+    """Channel attention: global pool -> reduce (1x1) -> act -> expand (1x1) -> sigmoid gate."""
+
+    def __init__(self, channels: int, reduced_channels: int, act_layer: Callable[[], nn.Module] = nn.SiLU) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced_channels, 1, bias=True)
+        self.act = act_layer()
+        self.expand = nn.Conv2d(reduced_channels, channels, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        s = self.expand(self.act(self.reduce(s)))
+        return x * s.sigmoid()

@@ -1,0 +1,1 @@
+"""Weight formats: each module maps one source layout onto our module names."""

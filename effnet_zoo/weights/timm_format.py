@@ -1,0 +1,67 @@
+"""timm's EfficientNet layout (``tf_efficientnet_*`` and ``efficientnet_*``) <-> ours.
+
+The timm Hub repos (``timm/tf_efficientnet_b3.aa_in1k`` ...) hold Google's TF checkpoints
+converted to this layout, so this mapping is what ``pretrained=True`` runs at load time.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+_TOP = {"conv_stem": "stem.conv", "bn1": "stem.bn", "conv_head": "head.conv", "bn2": "head.bn"}
+# Blocks with an expansion conv (timm's InvertedResidual) ...
+_EXPANDING = {
+    "conv_pw": "expand.conv",
+    "bn1": "expand.bn",
+    "conv_dw": "dw.conv",
+    "bn2": "dw.bn",
+    "se.conv_reduce": "se.reduce",
+    "se.conv_expand": "se.expand",
+    "conv_pwl": "project.conv",
+    "bn3": "project.bn",
+}
+# ... and without (timm's DepthwiseSeparableConv, the expand_ratio=1 first stage): bn1/bn2 mean other things.
+_DEPTHWISE = {
+    "conv_dw": "dw.conv",
+    "bn1": "dw.bn",
+    "se.conv_reduce": "se.reduce",
+    "se.conv_expand": "se.expand",
+    "conv_pw": "project.conv",
+    "bn2": "project.bn",
+}
+_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)\.(\w+)$")
+
+
+def is_timm_layout(state_dict: dict[str, torch.Tensor]) -> bool:
+    return "conv_stem.weight" in state_dict
+
+
+def from_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a timm EfficientNet state dict to our keys; tensors are shared, not copied."""
+    expanding = {m.group(1, 2) for k in state_dict if (m := _BLOCK_KEY.match(k)) and m.group(3) == "conv_pwl"}
+    out = {}
+    for key, value in state_dict.items():
+        if m := _BLOCK_KEY.match(key):
+            stage, block, module, param = m.groups()
+            table = _EXPANDING if (stage, block) in expanding else _DEPTHWISE
+            if module not in table:
+                raise KeyError(f"unexpected key {key!r} in a timm EfficientNet checkpoint")
+            out[f"blocks.{stage}.{block}.{table[module]}.{param}"] = value
+            continue
+        module, _, param = key.rpartition(".")
+        if module == "classifier":
+            out[key] = value
+        elif module in _TOP:
+            out[f"{_TOP[module]}.{param}"] = value
+        else:
+            raise KeyError(f"unexpected key {key!r} in a timm EfficientNet checkpoint")
+    return out
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn``: accept timm-layout checkpoints and our own unchanged."""
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+        state_dict = state_dict["state_dict"]
+    return from_timm(state_dict) if is_timm_layout(state_dict) else state_dict

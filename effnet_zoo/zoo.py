@@ -1,0 +1,190 @@
+"""timm registration: ``effnet_v1_b0`` ... ``effnet_v1_l2`` and their pretrained tags.
+
+The weights are Google's original TF checkpoints, converted by timm and published on the
+Hugging Face Hub as ``timm/tf_efficientnet_bN.<tag>``; timm and huggingface_hub fetch and
+cache them, and :func:`checkpoint_filter_fn` renames their keys to ours at load time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+
+from .model import EfficientNet
+from .scaling import VARIANTS, Scaling, scaling_from_phi
+from .weights.timm_format import checkpoint_filter_fn
+
+# Checkpoint sets Google released, and the variants each covers. Order matters: a variant's
+# first tag is its default, matching timm's ``tf_efficientnet_bN`` (best ImageNet top-1 first).
+TAGS: dict[str, tuple[str, ...]] = {
+    "ns_jft_in1k": ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "l2"),  # Noisy Student (JFT-300M)
+    "ap_in1k": ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8"),  # AdvProp
+    "ra_in1k": ("b5", "b7", "b8"),  # RandAugment
+    "aa_in1k": ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"),  # AutoAugment
+    "in1k": ("b0", "b1", "b2", "b3", "b4", "b5"),  # the paper's original release
+}
+# The L2 Noisy Student model was also released fine-tuned at 475 px (timm lists it first).
+EXTRA_RESOLUTIONS = {("l2", "ns_jft_in1k"): 475}
+
+# TF's eval crop (resolution / (resolution + 32), as published, not recomputed).
+CROP_PCT = {
+    224: 0.875, 240: 0.882, 260: 0.890, 300: 0.904, 380: 0.922, 456: 0.934,
+    475: 0.936, 528: 0.942, 600: 0.949, 672: 0.954, 800: 0.96,
+}  # fmt: skip
+
+
+def crop_pct_for(resolution: int) -> float:
+    return CROP_PCT.get(resolution, round(resolution / (resolution + 32), 3))
+
+
+def _cfg(resolution: int, **kwargs: Any) -> dict[str, Any]:
+    pool = math.ceil(resolution / 32)
+    return {
+        "num_classes": 1000,
+        "input_size": (3, resolution, resolution),
+        "pool_size": (pool, pool),
+        "crop_pct": crop_pct_for(resolution),
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.conv",
+        "classifier": "classifier",
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+def _tagged_cfgs() -> dict[str, dict[str, Any]]:
+    cfgs: dict[str, dict[str, Any]] = {}
+    for variant in VARIANTS:
+        for tag, variants in TAGS.items():
+            if variant not in variants:
+                continue
+            resolutions = [VARIANTS[variant].resolution]
+            if (variant, tag) in EXTRA_RESOLUTIONS:
+                resolutions.insert(0, EXTRA_RESOLUTIONS[variant, tag])
+            for res in resolutions:
+                full_tag = tag if res == VARIANTS[variant].resolution else f"{tag}_{res}"
+                extra: dict[str, Any] = {"hf_hub_id": f"timm/tf_efficientnet_{variant}.{full_tag}"}
+                if tag == "ap_in1k":  # AdvProp models were trained on [-1, 1] inputs
+                    extra.update(mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD)
+                cfgs[f"effnet_v1_{variant}.{full_tag}"] = _cfg(res, **extra)
+    cfgs["effnet_v1_phi.untrained"] = _cfg(224)
+    return cfgs
+
+
+default_cfgs = generate_default_cfgs(_tagged_cfgs())
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """The Hub could not supply a checkpoint (offline without a cached copy, missing repo or file)."""
+
+
+def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> EfficientNet:
+    kwargs.setdefault("width_mult", scaling.width_mult)
+    kwargs.setdefault("depth_mult", scaling.depth_mult)
+    kwargs.setdefault("drop_rate", scaling.dropout)
+    try:
+        return build_model_with_cfg(
+            EfficientNet,
+            name,
+            pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(feature_cls="getter"),
+            **kwargs,
+        )
+    except (EntryNotFoundError, HfHubHTTPError) as e:
+        cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+        source = cfg.hf_hub_id or cfg.file or cfg.url
+        raise PretrainedWeightsUnavailable(
+            f"could not get the pretrained weights of {name}.{cfg.tag} from {source!r}: {type(e).__name__}. "
+            "Connect to the Hugging Face Hub once (the file is cached afterwards), or copy a cache that holds "
+            "it and point HF_HUB_CACHE at it; with HF_HUB_OFFLINE=1 only cached files are used. "
+            "pretrained=False builds the model with random weights."
+        ) from e
+
+
+def _create(name: str, pretrained: bool, **kwargs: Any) -> EfficientNet:
+    return _build(name, pretrained, VARIANTS[name.rsplit("_", 1)[-1]], **kwargs)
+
+
+@register_model
+def effnet_v1_b0(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-B0: the searched base network, 224 px, 5.3M parameters."""
+    return _create("effnet_v1_b0", pretrained, **kwargs)
+
+
+@register_model
+def effnet_v1_b1(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-B1: width 1.0, depth 1.1, 240 px."""
+    return _create("effnet_v1_b1", pretrained, **kwargs)
+
+
+@register_model
+def effnet_v1_b2(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-B2: width 1.1, depth 1.2, 260 px."""
+    return _create("effnet_v1_b2", pretrained, **kwargs)
+
+
+@register_model
+def effnet_v1_b3(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-B3: width 1.2, depth 1.4, 300 px."""
+    return _create("effnet_v1_b3", pretrained, **kwargs)
+
+
+@register_model
+def effnet_v1_b4(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-B4: width 1.4, depth 1.8, 380 px."""
+    return _create("effnet_v1_b4", pretrained, **kwargs)
+
+
+@register_model
+def effnet_v1_b5(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-B5: width 1.6, depth 2.2, 456 px."""
+    return _create("effnet_v1_b5", pretrained, **kwargs)
+
+
+@register_model
+def effnet_v1_b6(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-B6: width 1.8, depth 2.6, 528 px."""
+    return _create("effnet_v1_b6", pretrained, **kwargs)
+
+
+@register_model
+def effnet_v1_b7(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-B7: width 2.0, depth 3.1, 600 px."""
+    return _create("effnet_v1_b7", pretrained, **kwargs)
+
+
+@register_model
+def effnet_v1_b8(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-B8 (AdvProp / RandAugment release): width 2.2, depth 3.6, 672 px."""
+    return _create("effnet_v1_b8", pretrained, **kwargs)
+
+
+@register_model
+def effnet_v1_l2(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-L2 (Noisy Student): width 4.3, depth 5.3, 800 px, 480M parameters."""
+    return _create("effnet_v1_l2", pretrained, **kwargs)
+
+
+@register_model
+def effnet_v1_phi(pretrained: bool = False, phi: float = 1.0, **kwargs: Any) -> EfficientNet:
+    """Any point of the paper's compound-scaling curve, e.g. ``create_model("effnet_v1_phi", phi=2.5)``.
+
+    Depth 1.2^phi, width 1.1^phi, resolution 224 * 1.15^phi. No weights exist for these.
+    """
+    if pretrained:
+        raise ValueError(
+            "effnet_v1_phi has no pretrained weights; use pretrained=False, or a published variant such as "
+            "effnet_v1_b2 / effnet_v1_b3"
+        )
+    scaling = scaling_from_phi(phi)
+    res = scaling.resolution
+    overlay = dict(input_size=(3, res, res), pool_size=(math.ceil(res / 32),) * 2, crop_pct=crop_pct_for(res))
+    overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    return _build("effnet_v1_phi", False, scaling, pretrained_cfg_overlay=overlay, **kwargs)
