@@ -1,0 +1,76 @@
+"""Test set-up. The Hub cache is pointed at an empty temporary folder, offline, *before* anything
+imports huggingface_hub (it reads these variables once, at import), so every ``pretrained=True``
+below goes through the real timm + huggingface_hub loaders against files the tests lay out."""
+
+import os
+import tempfile
+
+_HF_CACHE = tempfile.mkdtemp(prefix="effnet_zoo_hf_cache_")
+os.environ["HF_HUB_CACHE"] = _HF_CACHE
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("HF_TOKEN", None)
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+import effnet_zoo  # noqa: E402, F401  (registers effnet_v1_* with timm)
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and affine params, so a wrong eps/order/mapping shows up."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+            elif isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0, 0.05, generator=g)
+                m.bias.normal_(0, 0.1, generator=g)
+    return model
+
+
+def timm_reference(arch: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """A timm model (e.g. ``tf_efficientnet_b0``) with seeded random weights: the independent reference."""
+    torch.manual_seed(seed)
+    return randomize_bn(timm.create_model(arch, **kwargs), seed).eval()
+
+
+def add_hub_repo(repo_id: str, files: dict[str, bytes]) -> Path:
+    """Lay out ``repo_id`` in the offline Hub cache exactly as huggingface_hub stores a download."""
+    folder = Path(_HF_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    sha = hashlib.sha1(repo_id.encode()).hexdigest()
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(sha)
+    snapshot = folder / "snapshots" / sha
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (snapshot / name).write_bytes(data)
+    return snapshot
+
+
+def safetensors_bytes(state_dict: dict[str, torch.Tensor], tmp_path: Path) -> bytes:
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
+    return path.read_bytes()
+
+
+def json_bytes(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:
+    """Max abs difference within ``rtol`` of the reference's largest magnitude."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    err = (actual - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    assert scale > 0, "reference is all zeros: the comparison would prove nothing"
+    assert err <= rtol * scale, f"max abs diff {err:.3g} > {rtol:g} x {scale:.3g}"

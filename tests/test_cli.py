@@ -1,0 +1,68 @@
+"""``effnet-zoo summary``: the installed console script, offline."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+EXE = shutil.which("effnet-zoo")
+pytestmark = pytest.mark.skipif(EXE is None, reason="run `pip install -e .` first: the console script is tested")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=120)
+
+
+def _timm_flops(arch: str, size: int) -> int:
+    with torch.device("meta"):
+        model = timm.create_model(arch).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.empty(1, 3, size, size, device="meta"))
+    return counter.get_total_flops()
+
+
+def test_default_summary_is_b0():
+    out = run("summary")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.startswith("effnet_v1_b0: width x1.0, depth x1.0, input 224x224")
+    assert "5,288,548 parameters" in text
+    for stage_row in ("1          112x112      32->16", "7              7x7    192->320"):
+        assert stage_row in text
+    assert "stride 32,  320 channels,       7x7  (blocks.6)" in text
+
+
+def test_json_summary_matches_timm_counts():
+    out = run("summary", "effnet_v1_b3", "--json")
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    ref = timm.create_model("tf_efficientnet_b3")
+    assert s["total_params"] == sum(p.numel() for p in ref.parameters())
+    assert s["total_flops"] == _timm_flops("tf_efficientnet_b3", 300)
+    assert (
+        sum(st["params"] for st in s["stages"]) + s["stem"]["params"] + s["head"]["params"] + s["classifier"]["params"]
+        == s["total_params"]
+    )
+    assert [st["repeats"] for st in s["stages"]] == [len(stage) for stage in ref.blocks]
+    assert [f["channels"] for f in s["features"]] == [f["num_chs"] for f in ref.feature_info]
+    # each stage's input resolution is the previous stride's TF "SAME" output: ceil(size / stride)
+    assert [st["input_resolution"][0] for st in s["stages"]] == [150, 150, 75, 38, 19, 19, 10]
+
+
+def test_phi_summary():
+    s = json.loads(run("summary", "--phi", "2.5", "--json").stdout)
+    assert s["model"] == "effnet_v1_phi" and s["phi"] == 2.5
+    assert s["width_mult"] == pytest.approx(1.1**2.5, rel=1e-5)
+    assert s["input_size"] == [3, 320, 320]
+
+
+def test_unknown_model_is_a_clear_error():
+    out = run("summary", "effnet_v1_b9")
+    assert out.returncode == 2
+    assert "unknown model 'effnet_v1_b9'" in out.stderr and "effnet_v1_b7" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,142 @@
+"""timm's model API on our EfficientNet, checked against timm's own tf_efficientnet where it has one."""
+
+import pytest
+import timm
+import torch
+from conftest import assert_rel_close, timm_reference
+from timm.optim import create_optimizer_v2
+from timm.optim._param_groups import group_parameters
+
+from effnet_zoo.weights.timm_format import from_timm
+
+
+@pytest.fixture(scope="module")
+def pair():
+    ref = timm_reference("tf_efficientnet_b0", seed=21)
+    ours = timm.create_model("effnet_v1_b0").eval()
+    ours.load_state_dict(from_timm(ref.state_dict()))
+    return ref, ours
+
+
+def _x(size=224, batch=2):
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(size))
+
+
+def test_forward_features_and_head(pair):
+    ref, ours = pair
+    x = _x()
+    with torch.no_grad():
+        f, rf = ours.forward_features(x), ref.forward_features(x)
+        assert f.shape == (2, 1280, 7, 7)
+        assert_rel_close(f, rf)
+        assert_rel_close(ours.forward_head(f, pre_logits=True), ref.forward_head(rf, pre_logits=True))
+        assert_rel_close(ours.forward_head(f), ref.forward_head(rf))
+
+
+def test_forward_intermediates_matches_timm(pair):
+    ref, ours = pair
+    x = _x(225)
+    with torch.no_grad():
+        final, inter = ours.forward_intermediates(x)
+        rfinal, rinter = ref.forward_intermediates(x)
+        assert_rel_close(final, rfinal)
+        assert [t.shape for t in inter] == [t.shape for t in rinter]
+        for a, e in zip(inter, rinter, strict=True):
+            assert_rel_close(a, e)
+        picked = ours.forward_intermediates(x, indices=[1, 3], intermediates_only=True, stop_early=True)
+        assert_rel_close(picked[1], rinter[3])
+
+
+def test_get_features_default_and_selected_strides(pair):
+    ref, ours = pair
+    x = _x(256, batch=1)
+    with torch.no_grad():
+        maps = ours.get_features(x)
+        ref_maps = ref.forward_intermediates(x, intermediates_only=True)
+        assert [m.shape[-1] for m in maps] == [128, 64, 32, 16, 8]
+        for a, e in zip(maps, ref_maps, strict=True):
+            assert_rel_close(a, e)
+        assert [m.shape[1] for m in ours.get_features(x, strides=(8, 16, 32))] == [40, 112, 320]
+    with pytest.raises(ValueError, match=r"strides \[64\].*choose from \[2, 4, 8, 16, 32\]"):
+        ours.get_features(x, strides=(64,))
+
+
+def test_classifier_get_and_reset():
+    m = timm.create_model("effnet_v1_b0")
+    assert m.get_classifier() is m.classifier and m.classifier.out_features == 1000
+    m.reset_classifier(7)
+    assert m(_x(64, 1)).shape == (1, 7)
+    m.reset_classifier(0)
+    assert m(_x(64, 1)).shape == (1, 1280)
+    m.reset_classifier(5, global_pool="avgmax")
+    assert m(_x(64, 1)).shape == (1, 5)
+
+
+def test_grad_checkpointing_gives_identical_gradients():
+    torch.manual_seed(0)
+    m = timm.create_model("effnet_v1_b0", drop_path_rate=0.0, drop_rate=0.0).train()
+    x = _x(64)
+    m(x).sum().backward()
+    plain = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    m.set_grad_checkpointing(True)
+    m(x).sum().backward()
+    for a, b in zip(plain, (p.grad for p in m.parameters()), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_group_matcher_with_timm_layer_decay_groups():
+    m = timm.create_model("effnet_v1_b0")
+    groups = group_parameters(m, m.group_matcher(coarse=True))
+    # stem, 7 stages, head(+classifier)
+    assert len(groups) == 9
+    ref = timm.create_model("tf_efficientnet_b0")
+    assert len(group_parameters(ref, ref.group_matcher(coarse=True))) == len(groups)
+    create_optimizer_v2(m, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.8)
+
+
+def test_no_weight_decay_lists_norm_params_and_biases():
+    m = timm.create_model("effnet_v1_b0")
+    names = m.no_weight_decay()
+    assert "stem.bn.weight" in names and "classifier.bias" in names and "blocks.1.0.se.reduce.bias" in names
+    assert "stem.conv.weight" not in names and "classifier.weight" not in names
+
+
+def test_stochastic_depth_ramps_linearly_to_drop_path_rate():
+    m = timm.create_model("effnet_v1_b0", drop_path_rate=0.2)
+    blocks = [b for stage in m.blocks for b in stage]
+    rates = [getattr(b.drop_path, "drop_prob", 0.0) for b in blocks]
+    for i, (b, r) in enumerate(zip(blocks, rates, strict=True)):
+        assert r == pytest.approx(0.2 * i / len(blocks) if b.has_shortcut else 0.0)
+    assert max(rates) < 0.2
+
+
+def test_bn_follows_tf_defaults():
+    bn = timm.create_model("effnet_v1_b0").stem.bn
+    assert (bn.eps, bn.momentum) == (1e-3, 0.01)
+
+
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (torch.randn(3, 224, 224), r"4-D image batch \(N, C, H, W\), got a 3-D"),
+        (torch.randn(1, 1, 224, 224), r"expected 3 input channels.*got 1"),
+        (torch.randn(1, 224, 224, 3), r"expected 3 input channels.*permute"),
+        (torch.randn(1, 3, 16, 224), r"16x224 is smaller than the network's total stride.*at least 32x32"),
+    ],
+)
+def test_bad_inputs_get_clear_errors(x, match):
+    m = timm.create_model("effnet_v1_b0").eval()
+    with pytest.raises(ValueError, match=match):
+        m(x)
+    with pytest.raises(ValueError, match=match):
+        m.get_features(x)
+    features = timm.create_model("effnet_v1_b0", features_only=True)
+    with pytest.raises(ValueError, match=match):
+        features(x)
+
+
+def test_smallest_valid_input_runs():
+    m = timm.create_model("effnet_v1_b0").eval()
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 32, 33)).shape == (1, 1000)

@@ -1,0 +1,65 @@
+"""Compound scaling against the published models: exact parameter counts of Google's originals."""
+
+import math
+
+import pytest
+import timm
+import torch
+
+from effnet_zoo.scaling import VARIANTS, round_channels, round_repeats, scaling_from_phi
+
+# Parameter counts of Google's released TF checkpoints (1000 classes).
+ORIGINAL_PARAMS = {
+    "b0": 5_288_548, "b1": 7_794_184, "b2": 9_109_994, "b3": 12_233_232, "b4": 19_341_616,
+    "b5": 30_389_784, "b6": 43_040_704, "b7": 66_347_960, "b8": 87_413_142, "l2": 480_309_308,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(ORIGINAL_PARAMS))
+def test_parameter_count_equals_the_original(variant):
+    with torch.device("meta"):  # L2 would take 2 GB of RAM otherwise
+        model = timm.create_model(f"effnet_v1_{variant}")
+    assert sum(p.numel() for p in model.parameters()) == ORIGINAL_PARAMS[variant]
+
+
+def test_variant_table_covers_the_paper_and_the_later_releases():
+    assert set(VARIANTS) == set(ORIGINAL_PARAMS)
+    assert (VARIANTS["b3"].width_mult, VARIANTS["b3"].depth_mult, VARIANTS["b3"].resolution) == (1.2, 1.4, 300)
+
+
+def test_channel_rounding_follows_tf_round_filters():
+    # Stem/head channels of the released models (B7: 64 / 2560, B3: 40 / 1536, L2: 136 / 5504).
+    assert [round_channels(32, w) for w in (2.0, 1.2, 4.3)] == [64, 40, 136]
+    assert [round_channels(1280, w) for w in (2.0, 1.2, 4.3)] == [2560, 1536, 5504]
+    # never more than 10% below the scaled value, always a multiple of 8
+    for c in range(8, 400, 3):
+        for w in (0.25, 0.5, 1.1, 1.4, 1.8):
+            r = round_channels(c, w)
+            assert r % 8 == 0 and r >= 0.9 * c * w
+
+
+def test_repeats_round_up():
+    assert round_repeats(1, 1.1) == 2 and round_repeats(4, 3.1) == 13 and round_repeats(3, 1.0) == 3
+
+
+def test_phi_scaling_is_alpha_beta_gamma_powers():
+    s = scaling_from_phi(2.5)
+    assert s.depth_mult == pytest.approx(1.2**2.5, rel=1e-6)
+    assert s.width_mult == pytest.approx(1.1**2.5, rel=1e-6)
+    assert s.resolution % 8 == 0 and abs(s.resolution - 224 * 1.15**2.5) <= 4
+    b0 = scaling_from_phi(0)
+    assert (b0.width_mult, b0.depth_mult, b0.resolution, b0.dropout) == (1.0, 1.0, 224, 0.2)
+    # FLOPs grow ~2^phi by construction: alpha * beta^2 * gamma^2 ~= 2
+    assert math.isclose(1.2 * 1.1**2 * 1.15**2, 1.92, rel_tol=0.01)
+    with pytest.raises(ValueError, match="phi"):
+        scaling_from_phi(-1)
+
+
+def test_phi_model_builds_at_its_resolution():
+    m = timm.create_model("effnet_v1_phi", phi=2.5)
+    s = scaling_from_phi(2.5)
+    assert m.pretrained_cfg["input_size"] == (3, s.resolution, s.resolution)
+    assert m.head.conv.out_channels == round_channels(1280, s.width_mult)
+    assert [len(stage) for stage in m.blocks] == [math.ceil(r * s.depth_mult) for r in (1, 2, 2, 3, 3, 4, 1)]
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        timm.create_model("effnet_v1_phi", pretrained=True, phi=2.5)
