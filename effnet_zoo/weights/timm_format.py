@@ -7,8 +7,12 @@ converted to this layout, so this mapping is what ``pretrained=True`` runs at lo
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
+
+from .common import ConversionError, Converted
+from .torch_file import load_state_dict, read_config
 
 _TOP = {"conv_stem": "stem.conv", "bn1": "stem.bn", "conv_head": "head.conv", "bn2": "head.bn"}
 # Blocks with an expansion conv (timm's InvertedResidual) ...
@@ -65,3 +69,20 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: torch.nn.Mo
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]
     return from_timm(state_dict) if is_timm_layout(state_dict) else state_dict
+
+
+def read(src: Path, model: torch.nn.Module) -> Converted:
+    """A timm checkpoint (file or Hub-style folder). ``tf_efficientnet_*`` computed with TF "SAME" padding and
+    BN eps 1e-3; native ``efficientnet_*`` with symmetric padding and eps 1e-5. A bare state dict does not say
+    which, so then the caller must (``--padding``)."""
+    state = load_state_dict(src)
+    if not is_timm_layout(state):
+        raise ConversionError(f"{src} is not a timm EfficientNet checkpoint (no 'conv_stem.weight')")
+    arch = read_config(src).get("architecture", "")
+    if arch.startswith("tf_"):
+        args: dict = {"padding": "same", "bn_eps": 1e-3}
+    elif arch.startswith("efficientnet"):
+        args = {"padding": "symmetric", "bn_eps": 1e-5}
+    else:
+        args = {"padding": None}
+    return Converted(from_timm(state), source=f"timm {arch or 'EfficientNet'} ({src.name})", model_args=args)

@@ -1,0 +1,132 @@
+"""What every format mapping shares: the result type, tensor layout transforms, and a checked load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
+
+
+class ConversionError(ValueError):
+    """A source checkpoint that cannot become the requested model; the message says why and what to do."""
+
+
+@dataclass
+class Converted:
+    """A source checkpoint mapped onto our key names, plus what the source implies about the model."""
+
+    state_dict: dict[str, torch.Tensor]
+    source: str  # e.g. "TensorFlow checkpoint efficientnet-b0 (ExponentialMovingAverage weights)"
+    model_args: dict[str, Any] = field(default_factory=dict)  # e.g. padding / bn_eps the source computed with
+    data_config: dict[str, Any] = field(default_factory=dict)  # e.g. mean / std the source was trained with
+    label_names: list[str] | None = None
+
+
+def block_prefixes(model: nn.Module) -> list[str]:
+    """``blocks.S.B`` of every MBConv block, in network order (sources that number blocks flat map onto these)."""
+    return [f"blocks.{s}.{b}" for s, stage in enumerate(model.blocks) for b in range(len(stage))]
+
+
+def block_expands(model: nn.Module, prefix: str) -> bool:
+    return model.get_submodule(prefix).expand is not None
+
+
+def conv_from_tf(kernel: torch.Tensor) -> torch.Tensor:
+    """TF conv kernel [kh, kw, in, out] -> PyTorch [out, in, kh, kw]."""
+    return kernel.permute(3, 2, 0, 1).contiguous()
+
+
+def depthwise_from_tf(kernel: torch.Tensor) -> torch.Tensor:
+    """TF depthwise kernel [kh, kw, C, 1] -> PyTorch grouped conv [C, 1, kh, kw]."""
+    return kernel.permute(2, 3, 0, 1).contiguous()
+
+
+def dense_from_tf(kernel: torch.Tensor) -> torch.Tensor:
+    """TF dense kernel [in, out] -> PyTorch linear [out, in]."""
+    return kernel.t().contiguous()
+
+
+def rename(state_dict: dict[str, torch.Tensor], mapping: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Apply a source-key -> our-key mapping; every source key must be mapped or explicitly ignored (None)."""
+    out = {}
+    for key, value in state_dict.items():
+        if key not in mapping:
+            raise ConversionError(f"unexpected key {key!r}: this checkpoint has a layer the model does not")
+        if mapping[key] is not None:
+            out[mapping[key]] = value
+    return out
+
+
+def load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], model_name: str) -> None:
+    """Load strictly; on any mismatch, list the first differences and suggest the variant that fits."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    given = {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    problems = [f"missing {k} {list(s)}" for k, s in expected.items() if k not in given]
+    problems += [f"unexpected {k} {list(s)}" for k, s in given.items() if k not in expected]
+    problems += [
+        f"{k}: checkpoint {list(given[k])} vs model {list(s)}"
+        for k, s in expected.items()
+        if k in given and given[k] != s
+    ]
+    if problems:
+        hint = suggest_model(given)
+        raise ConversionError(
+            f"the checkpoint does not fit {model_name} ({len(problems)} differences; first: "
+            + "; ".join(problems[:5])
+            + ")"
+            + (f". It looks like {hint}: pass --model {hint}" if hint else ". Check --model and --from")
+        )
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in model.state_dict()}, strict=False)
+
+
+def suggest_model(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The registered variant whose every parameter shape matches (built on the meta device)."""
+    import timm
+
+    for arch in timm.list_models("effnet_*"):
+        if arch == "effnet_v1_phi":
+            continue
+        num_classes = shapes.get("classifier.weight", (1000,))[0]
+        with torch.device("meta"):
+            model = timm.create_model(arch, num_classes=num_classes)
+        if {
+            k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")
+        } == shapes:
+            return arch
+    return None
+
+
+def map_modules(state_dict: dict[str, torch.Tensor], pairs: list[tuple[str, str]], fmt: str) -> dict[str, torch.Tensor]:
+    """Rename ``<source module>.<param>`` to ``<our module>.<param>`` for (source module, our module) pairs."""
+    table = dict(pairs)
+    out, unknown = {}, []
+    for key, value in state_dict.items():
+        module, _, param = key.rpartition(".")
+        if module in table:
+            out[f"{table[module]}.{param}"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ConversionError(
+            f"{len(unknown)} keys are not part of a {fmt} EfficientNet of this size (first: {unknown[:3]}); "
+            "check --from and --model"
+        )
+    return out
+
+
+def block_pairs(model: nn.Module, source_prefixes: list[str], expanding: dict[str, str], plain: dict[str, str]):
+    """Module pairs for every block: ``source_prefixes[i]`` is block i; sub-module names differ by expansion."""
+    prefixes = block_prefixes(model)
+    if len(source_prefixes) != len(prefixes):
+        raise ConversionError(
+            f"the checkpoint has {len(source_prefixes)} blocks but the model has {len(prefixes)}: check --model"
+        )
+    pairs = []
+    for src, ours in zip(source_prefixes, prefixes, strict=True):
+        table = expanding if block_expands(model, ours) else plain
+        pairs += [(f"{src}.{a}", f"{ours}.{b}") for a, b in table.items()]
+    return pairs

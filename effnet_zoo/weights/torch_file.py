@@ -1,0 +1,82 @@
+"""Reading PyTorch-side checkpoint files safely: safetensors, or ``torch.load(weights_only=True)``."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .common import ConversionError
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "pytorch_model.pth")
+_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module")
+
+
+def find_weights(src: Path) -> Path:
+    if src.is_dir():
+        for name in WEIGHT_FILES:
+            if (src / name).is_file():
+                return src / name
+        candidates = sorted([*src.glob("*.safetensors"), *src.glob("*.pth"), *src.glob("*.bin"), *src.glob("*.pt")])
+        if len(candidates) != 1:
+            raise ConversionError(
+                f"{src} should hold one weights file (.safetensors/.pth/.bin); found {len(candidates)}"
+            )
+        return candidates[0]
+    if not src.is_file():
+        raise ConversionError(f"{src} does not exist")
+    return src
+
+
+def read_config(src: Path) -> dict[str, Any]:
+    """The ``config.json`` beside the weights (timm / transformers folders), or {}."""
+    folder = src if src.is_dir() else src.parent
+    path = folder / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{path} is not valid JSON: {e}") from e
+
+
+def load_state_dict(src: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors / pickle checkpoint; a pickle that wants to run code is refused, unexecuted."""
+    path = find_weights(src)
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise ConversionError(f"{path} is not a valid safetensors file ({e}): truncated or corrupt?") from e
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ConversionError(
+                f"refused to load {path}: it is a pickle that asks to run code or build objects beyond plain tensors "
+                f"({str(e).splitlines()[0]}). Nothing from it was executed. If you trust its origin, re-save it as a "
+                "plain state_dict (torch.save(model.state_dict(), ...)) or as safetensors"
+            ) from e
+        except (RuntimeError, EOFError, OSError) as e:
+            raise ConversionError(f"{path} is not a readable PyTorch checkpoint ({e}): truncated or corrupt?") from e
+    return unwrap(state, path)
+
+
+def unwrap(state: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Training checkpoints nest the weights (``{'state_dict': ...}``); DDP prefixes keys with ``module.``."""
+    for _ in range(3):
+        if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+            inner = next((state[k] for k in _CONTAINER_KEYS if isinstance(state.get(k), dict)), None)
+            if inner is None:
+                break
+            state = inner
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConversionError(f"{path} holds no state_dict of tensors")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
