@@ -65,6 +65,38 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_model_args(pairs: list[str]) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-arg expects KEY=VALUE (e.g. width_mult=0.5), got {pair!r}")
+        try:
+            args[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args[key] = value
+    return args
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .weights.convert import convert
+
+    model_args = _parse_model_args(args.model_arg)
+    if args.padding:
+        model_args["padding"] = args.padding
+    if args.bn_eps is not None:
+        model_args["bn_eps"] = args.bn_eps
+    result = convert(args.src, args.fmt, args.model, args.out, args.dtype, model_args, args.force, args.verify)
+    params = sum(p.numel() for p in result.model.parameters())
+    print(f"converted {result.converted.source}")
+    print(f"  -> {result.out}/ ({', '.join(result.files)}): {result.config['architecture']}, {params:,} parameters, "
+          f"{result.config['num_classes']} classes, model_args {json.dumps(result.config['model_args'])}")  # fmt: skip
+    if args.verify:
+        print(f"  {result.verify_note}")
+    print(f'  load it with: timm.create_model("local-dir:{result.out}", pretrained=True) after import effnet_zoo')
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="effnet-zoo", description="EfficientNet-V1, TF-exact, as a timm plugin.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, help="input resolution (default: the variant's)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_summary)
+
+    from .weights.convert import DTYPES, FORMATS
+
+    p = sub.add_parser("convert", help="convert EfficientNet weights of another format to a Hub-ready folder")
+    p.add_argument("src", help="checkpoint file, TF checkpoint prefix, or folder")
+    p.add_argument("--from", dest="fmt", required=True, choices=list(FORMATS), help="the source format")
+    p.add_argument(
+        "--model", required=True, help="target, e.g. effnet_v1_b0 or effnet_v1_b0.ap_in1k (sets preprocessing)"
+    )
+    p.add_argument("--out", required=True, help="output folder (model.safetensors, config.json, README.md)")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="stored precision")
+    p.add_argument("--verify", action="store_true", help="compare with the source library's model, when importable")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--padding", choices=["same", "symmetric"], help="override the padding the source implies")
+    p.add_argument("--bn-eps", type=float, help="override the BatchNorm eps the source implies")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra model argument, e.g. width_mult=0.5 (repeatable)")  # fmt: skip
+    p.set_defaults(func=_convert)
     return parser
 
 

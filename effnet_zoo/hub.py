@@ -48,7 +48,7 @@ def _jsonable(value: Any) -> Any:
 
 def pretrained_names() -> list[str]:
     """Every ``arch.tag`` of ours that has published weights."""
-    return timm.list_pretrained("effnet_v1_*")
+    return timm.list_pretrained("effnet_*")
 
 
 def render_hub_config(model_name: str) -> str:

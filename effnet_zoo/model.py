@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from timm.layers import create_classifier, get_act_layer
@@ -33,6 +34,8 @@ class EfficientNet(nn.Module):
         act_layer: activation, a timm name ('silu', 'relu6', ...) or a module class.
         stages, stem_channels, head_channels: the unscaled base network (B0 by default).
         fix_stem_head: keep stem and head channels unscaled (as EfficientNet-Lite does).
+        fix_first_last: keep the first and last stages' repeats unscaled (EfficientNet-Lite).
+        se_ratio: override every stage's squeeze-excitation ratio (0 removes SE, as in Lite).
     """
 
     def __init__(
@@ -52,6 +55,8 @@ class EfficientNet(nn.Module):
         stem_channels: int = STEM_CHANNELS,
         head_channels: int = HEAD_CHANNELS,
         fix_stem_head: bool = False,
+        fix_first_last: bool = False,
+        se_ratio: float | None = None,
     ) -> None:
         super().__init__()
         act = get_act_layer(act_layer) if isinstance(act_layer, str) else act_layer
@@ -61,7 +66,8 @@ class EfficientNet(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         self.width_mult, self.depth_mult = width_mult, depth_mult
-        self.stage_configs = scale_stages(tuple(stages), width_mult, depth_mult)
+        stages = tuple(stages) if se_ratio is None else tuple(replace(s, se_ratio=se_ratio) for s in stages)
+        self.stage_configs = scale_stages(stages, width_mult, depth_mult, fix_first_last)
 
         stem_out = stem_channels if fix_stem_head else round_channels(stem_channels, width_mult)
         self.stem = ConvBnAct(in_chans, stem_out, 3, stride=2, act_layer=act, **norm)

@@ -61,6 +61,16 @@ VARIANTS: dict[str, Scaling] = {
     "l2": Scaling(4.3, 5.3, 800, 0.5),
 }
 
+# EfficientNet-Lite (TF's efficientnet_lite_builder): no SE, ReLU6, stem/head and first/last repeats fixed,
+# for mobile accelerators. Resolutions are those the released checkpoints are evaluated at.
+LITE_VARIANTS: dict[str, Scaling] = {
+    "lite0": Scaling(1.0, 1.0, 224, 0.2),
+    "lite1": Scaling(1.0, 1.1, 240, 0.2),
+    "lite2": Scaling(1.1, 1.2, 260, 0.3),
+    "lite3": Scaling(1.2, 1.4, 300, 0.3),
+    "lite4": Scaling(1.4, 1.8, 380, 0.3),
+}
+
 # The paper's grid-searched constants: depth alpha^phi, width beta^phi, resolution gamma^phi,
 # chosen so that alpha * beta^2 * gamma^2 ~= 2 (FLOPs roughly double per unit of phi).
 ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
@@ -101,14 +111,18 @@ def scaling_from_phi(
 
 
 def scale_stages(
-    stages: tuple[StageConfig, ...], width_mult: float = 1.0, depth_mult: float = 1.0
+    stages: tuple[StageConfig, ...], width_mult: float = 1.0, depth_mult: float = 1.0, fix_first_last: bool = False
 ) -> tuple[StageConfig, ...]:
-    """Apply width and depth multipliers to every stage (channels rounded, repeats rounded up)."""
+    """Apply width and depth multipliers to every stage (channels rounded, repeats rounded up).
+
+    ``fix_first_last`` keeps the first and last stages' repeats, as EfficientNet-Lite does.
+    """
+    last = len(stages) - 1
     return tuple(
         replace(
             s,
-            repeats=round_repeats(s.repeats, depth_mult),
+            repeats=s.repeats if fix_first_last and i in (0, last) else round_repeats(s.repeats, depth_mult),
             out_channels=round_channels(s.out_channels, width_mult),
         )
-        for s in stages
+        for i, s in enumerate(stages)
     )

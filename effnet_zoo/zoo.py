@@ -15,7 +15,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCE
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from .model import EfficientNet
-from .scaling import VARIANTS, Scaling, scaling_from_phi
+from .scaling import LITE_VARIANTS, VARIANTS, Scaling, scaling_from_phi
 from .weights.timm_format import checkpoint_filter_fn
 
 # Checkpoint sets Google released, and the variants each covers. Order matters: a variant's
@@ -73,6 +73,16 @@ def _tagged_cfgs() -> dict[str, dict[str, Any]]:
                 if tag == "ap_in1k":  # AdvProp models were trained on [-1, 1] inputs
                     extra.update(mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD)
                 cfgs[f"effnet_v1_{variant}.{full_tag}"] = _cfg(res, **extra)
+    for variant, scaling in LITE_VARIANTS.items():
+        interpolation = "bilinear" if variant in ("lite3", "lite4") else "bicubic"  # as timm's cfgs
+        cfgs[f"effnet_{variant}.in1k"] = _cfg(
+            scaling.resolution,
+            hf_hub_id=f"timm/tf_efficientnet_{variant}.in1k",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            interpolation=interpolation,
+            crop_pct=0.920 if variant == "lite4" else crop_pct_for(scaling.resolution),
+        )
     cfgs["effnet_v1_phi.untrained"] = _cfg(224)
     return cfgs
 
@@ -110,6 +120,16 @@ def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> Effi
 
 def _create(name: str, pretrained: bool, **kwargs: Any) -> EfficientNet:
     return _build(name, pretrained, VARIANTS[name.rsplit("_", 1)[-1]], **kwargs)
+
+
+# EfficientNet-Lite: the same network made friendly to mobile accelerators and quantisation.
+LITE_ARGS = dict(act_layer="relu6", se_ratio=0.0, fix_stem_head=True, fix_first_last=True)
+
+
+def _create_lite(name: str, pretrained: bool, **kwargs: Any) -> EfficientNet:
+    for key, value in LITE_ARGS.items():
+        kwargs.setdefault(key, value)
+    return _build(name, pretrained, LITE_VARIANTS[name.rsplit("_", 1)[-1]], **kwargs)
 
 
 @register_model
@@ -170,6 +190,36 @@ def effnet_v1_b8(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
 def effnet_v1_l2(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
     """EfficientNet-L2 (Noisy Student): width 4.3, depth 5.3, 800 px, 480M parameters."""
     return _create("effnet_v1_l2", pretrained, **kwargs)
+
+
+@register_model
+def effnet_lite0(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-Lite0: B0 without SE, with ReLU6; 224 px."""
+    return _create_lite("effnet_lite0", pretrained, **kwargs)
+
+
+@register_model
+def effnet_lite1(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-Lite1: width 1.0, depth 1.1; 240 px."""
+    return _create_lite("effnet_lite1", pretrained, **kwargs)
+
+
+@register_model
+def effnet_lite2(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-Lite2: width 1.1, depth 1.2; 260 px."""
+    return _create_lite("effnet_lite2", pretrained, **kwargs)
+
+
+@register_model
+def effnet_lite3(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-Lite3: width 1.2, depth 1.4; 300 px."""
+    return _create_lite("effnet_lite3", pretrained, **kwargs)
+
+
+@register_model
+def effnet_lite4(pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+    """EfficientNet-Lite4: width 1.4, depth 1.8; 380 px."""
+    return _create_lite("effnet_lite4", pretrained, **kwargs)
 
 
 @register_model

@@ -63,3 +63,19 @@ def test_phi_model_builds_at_its_resolution():
     assert [len(stage) for stage in m.blocks] == [math.ceil(r * s.depth_mult) for r in (1, 2, 2, 3, 3, 4, 1)]
     with pytest.raises(ValueError, match="no pretrained weights"):
         timm.create_model("effnet_v1_phi", pretrained=True, phi=2.5)
+
+
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2", "lite3", "lite4"])
+def test_lite_matches_timms_tf_port(variant):
+    """EfficientNet-Lite: no SE, ReLU6, fixed stem/head and first/last repeats; same parameters and outputs."""
+    from conftest import assert_rel_close, timm_reference
+
+    from effnet_zoo.weights.timm_format import from_timm
+
+    ref = timm_reference(f"tf_efficientnet_{variant}", seed=5)
+    ours = timm.create_model(f"effnet_{variant}").eval()
+    ours.load_state_dict(from_timm(ref.state_dict()))
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    x = torch.randn(1, 3, 161, 161)
+    with torch.no_grad():
+        assert_rel_close(ours(x), ref(x), 1e-4)
