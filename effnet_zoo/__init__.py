@@ -1,8 +1,9 @@
 """EfficientNet-V1, TF-exact, as a timm plugin: ``import effnet_zoo`` registers ``effnet_v1_*`` with timm."""
 
 from . import zoo  # noqa: F401  (registers the models with timm)
+from .hub import push_to_hub, save_pretrained
 from .model import EfficientNet
 from .scaling import VARIANTS, Scaling, StageConfig, scaling_from_phi
 
-__all__ = ["EfficientNet", "Scaling", "StageConfig", "VARIANTS", "scaling_from_phi"]
+__all__ = ["EfficientNet", "Scaling", "StageConfig", "VARIANTS", "push_to_hub", "save_pretrained", "scaling_from_phi"]
 __version__ = "0.1.0"

@@ -97,6 +97,19 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    plan = push_to_hub(args.folder, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run)
+    where = f"{plan.repo_id}" + (f"@{plan.revision}" if plan.revision else "") + (" (private)" if plan.private else "")
+    print(("would upload to " if args.dry_run else "uploaded to ") + where + ":")
+    for path, size in plan.files:
+        print(f"  {path}  ({size:,} bytes)")
+    if plan.url:
+        print(plan.url)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="effnet-zoo", description="EfficientNet-V1, TF-exact, as a timm plugin.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra model argument, e.g. width_mult=0.5 (repeatable)")  # fmt: skip
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("push", help="publish a saved / converted model folder to the Hugging Face Hub")
+    p.add_argument("folder", help="a folder written by convert, finetune or effnet_zoo.save_pretrained")
+    p.add_argument("--repo-id", required=True, help="org/name on the Hub")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", help="branch to commit to (created if missing)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; needs no token or network")
+    p.set_defaults(func=_push)
     return parser
 
 
@@ -131,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         print(f"effnet-zoo: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,15 +1,24 @@
-"""Hugging Face Hub configs for our models (what a Hub repo of ours carries in ``config.json``)."""
+"""Hugging Face Hub side: the ``config.json`` our repos carry, saving a model as a Hub-ready folder, publishing.
+
+Downloads go through timm (``hf-hub:``) and uploads through huggingface_hub's ``HfApi``; nothing here talks
+HTTP itself.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from safetensors.torch import save_file
 from timm.models import get_pretrained_cfg
+from torch import nn
 
 from ._io import atomic_write_text
 
@@ -19,6 +28,19 @@ PRETRAINED_CFG_KEYS = (
     "tag", "custom_load", "input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode",
     "mean", "std", "num_classes", "pool_size", "first_conv", "classifier", "license",
 )  # fmt: skip
+WEIGHTS_NAME, CONFIG_NAME, CARD_NAME = "model.safetensors", "config.json", "README.md"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class HubPublishError(RuntimeError):
+    """Publishing failed (no token, no network, no permission); the local folder is untouched."""
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+# ---- registry configs (hub_configs/) -------------------------------------------------------------------
 
 
 @functools.cache
@@ -42,10 +64,6 @@ def hub_config(model_name: str) -> dict[str, Any]:
     }
 
 
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
 def pretrained_names() -> list[str]:
     """Every ``arch.tag`` of ours that has published weights."""
     return timm.list_pretrained("effnet_*")
@@ -57,6 +75,204 @@ def render_hub_config(model_name: str) -> str:
 
 def write_hub_configs(out_dir: str | Path) -> list[Path]:
     """Write ``out_dir/<arch.tag>/config.json`` for every pretrained tag (atomically, one by one)."""
-    return [
-        atomic_write_text(Path(out_dir) / name / "config.json", render_hub_config(name)) for name in pretrained_names()
-    ]
+    out = Path(out_dir)
+    return [atomic_write_text(out / name / CONFIG_NAME, render_hub_config(name)) for name in pretrained_names()]
+
+
+# ---- any model instance -> Hub folder -----------------------------------------------------------------
+
+
+def model_args_of(model: nn.Module) -> dict[str, Any]:
+    """The arguments that rebuild ``model`` with ``timm.create_model(architecture, **args)``."""
+    args = {k: v for k, v in model.model_args.items() if v is not None}
+    args.update(num_classes=model.num_classes, global_pool=model.global_pool.pool_type)
+    for key, value in args.items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise ValueError(f"model argument {key}={value!r} cannot be written to config.json; use a timm name")
+    return args
+
+
+def export_config(
+    model: nn.Module,
+    label_names: list[str] | None = None,
+    data_config: dict[str, Any] | None = None,
+    keep_tag: bool = True,
+) -> dict[str, Any]:
+    """timm's Hub config for this model: architecture, sizes, ``model_args``, preprocessing, labels."""
+    cfg = model.pretrained_cfg
+    pretrained_cfg = {k: _jsonable(cfg[k]) for k in PRETRAINED_CFG_KEYS if cfg.get(k) is not None}
+    pretrained_cfg.update({k: _jsonable(v) for k, v in (data_config or {}).items()})
+    pretrained_cfg["num_classes"] = model.num_classes
+    pretrained_cfg["input_size"] = [model.in_chans, *pretrained_cfg["input_size"][1:]]
+    if not keep_tag:
+        pretrained_cfg.pop("tag", None)
+    config = {
+        "architecture": cfg["architecture"],
+        "num_classes": model.num_classes,
+        "num_features": model.num_features,
+        "global_pool": model.global_pool.pool_type,
+        "model_args": model_args_of(model),
+        "pretrained_cfg": pretrained_cfg,
+    }
+    if label_names is None and model.num_classes == 1000:
+        label_names = timm.data.ImageNetInfo().label_names()  # ImageNet-1k synsets, in the originals' order
+    if label_names is not None:
+        if len(label_names) != model.num_classes:
+            raise ValueError(f"{len(label_names)} label names for a {model.num_classes}-class model")
+        config["label_names"] = list(label_names)
+    return config
+
+
+def model_card(config: dict[str, Any], title: str, origin: str) -> str:
+    """A Hub model card: what the model is, where its weights come from, how to preprocess and load it."""
+    cfg = config["pretrained_cfg"]
+    with torch.device("meta"):
+        params = sum(p.numel() for p in timm.create_model(config["architecture"], **config["model_args"]).parameters())
+    labels = config.get("label_names")
+    label_line = (
+        f"Labels: {', '.join(map(str, labels[:10]))}{' ...' if len(labels) > 10 else ''}.\n\n" if labels else ""
+    )
+    return f"""---
+tags:
+- image-classification
+- timm
+- effnet_zoo
+library_name: timm
+license: {cfg.get("license", "apache-2.0")}
+---
+# {title}
+
+EfficientNet `{config["architecture"]}` ({params:,} parameters, {config["num_classes"]} classes).
+
+{origin}
+
+Model arguments: `{json.dumps(config["model_args"])}`.
+
+{label_line}Preprocessing: input {cfg["input_size"][1]}x{cfg["input_size"][2]}, center crop {cfg["crop_pct"]},
+{cfg["interpolation"]} resize, mean {tuple(cfg["mean"])}, std {tuple(cfg["std"])}.
+
+```python
+import timm
+import effnet_zoo  # registers the effnet_* architectures with timm
+
+model = timm.create_model("hf-hub:ORG/NAME", pretrained=True).eval()  # or "local-dir:PATH"
+transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))
+```
+"""
+
+
+def write_model_folder(
+    out: str | Path, model: nn.Module, config: dict[str, Any], card: str, dtype: str = "fp32", force: bool = False
+) -> Path:
+    """Write model.safetensors + config.json + README.md into a temporary folder, then rename it into place."""
+    out = Path(out)
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        tensors = {
+            k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).detach().cpu().contiguous()
+            for k, v in model.state_dict().items()
+        }
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / CARD_NAME).write_text(card)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            old.rmdir()
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def save_pretrained(
+    model: nn.Module,
+    out: str | Path,
+    label_names: list[str] | None = None,
+    training: str | None = None,
+    dtype: str = "fp32",
+    force: bool = False,
+) -> Path:
+    """Save a (fine-tuned) model as a folder that ``local-dir:`` / ``hf-hub:`` rebuilds exactly.
+
+    ``training`` is a sentence for the model card on how it was fine-tuned; the base weights it started
+    from are read from ``model.pretrained_cfg``.
+    """
+    config = export_config(model, label_names)
+    cfg = model.pretrained_cfg
+    base = cfg.get("hf_hub_id") or cfg.get("file") or "randomly initialised weights"
+    tag = f" (`{cfg['architecture']}.{cfg['tag']}`)" if cfg.get("tag") else ""
+    origin = f"Base weights: `{base}`{tag}." + (f"\n\nFine-tuning: {training}" if training else "")
+    return write_model_folder(out, model, config, model_card(config, f"{cfg['architecture']} fine-tuned", origin),
+                              dtype, force)  # fmt: skip
+
+
+# ---- publishing ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PushPlan:
+    repo_id: str
+    revision: str | None
+    private: bool
+    files: list[tuple[str, int]]  # (path in repo, bytes)
+    url: str | None = None
+
+
+def push_to_hub(
+    model_or_folder: nn.Module | str | Path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str = "Upload EfficientNet (effnet_zoo)",
+    token: str | None = None,
+    dry_run: bool = False,
+    label_names: list[str] | None = None,
+    training: str | None = None,
+) -> PushPlan:
+    """Publish a model (saved first, to a temporary folder) or a saved folder to ``repo_id``.
+
+    ``dry_run`` needs no token or network: it returns the exact files the commit would upload.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(model_or_folder, nn.Module):
+            folder = save_pretrained(model_or_folder, Path(tmp) / "model", label_names, training)
+        else:
+            folder = Path(model_or_folder)
+            missing = [n for n in (WEIGHTS_NAME, CONFIG_NAME) if not (folder / n).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{folder} lacks {', '.join(missing)}: save it with effnet_zoo first")
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        plan = PushPlan(
+            repo_id, revision, private, [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in files]
+        )
+        if dry_run:
+            return plan
+        operations = [
+            CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)) for p in files
+        ]
+        api = HfApi(token=token, library_name="effnet_zoo")
+        try:
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            if revision:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            info = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)
+        except Exception as e:  # huggingface_hub raises many types (auth, offline, HTTP, network)
+            raise HubPublishError(
+                f"could not publish to {repo_id!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
+                "Log in with `hf auth login` (or pass a token with write access), check the network and "
+                "HF_HUB_OFFLINE; nothing local was changed"
+            ) from e
+        plan.url = info.commit_url
+        return plan

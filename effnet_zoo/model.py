@@ -60,6 +60,13 @@ class EfficientNet(nn.Module):
     ) -> None:
         super().__init__()
         act = get_act_layer(act_layer) if isinstance(act_layer, str) else act_layer
+        # What rebuilds this network (config.json's model_args); num_classes / global_pool are read live.
+        self.model_args = dict(
+            width_mult=width_mult, depth_mult=depth_mult, in_chans=in_chans, drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum,
+            act_layer=act_layer if isinstance(act_layer, str) else None, fix_stem_head=fix_stem_head,
+            fix_first_last=fix_first_last, se_ratio=se_ratio,
+        )  # fmt: skip
         norm = dict(padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
         self.num_classes = num_classes
         self.in_chans = in_chans

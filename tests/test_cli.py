@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 EXE = shutil.which("effnet-zoo")
-pytestmark = pytest.mark.skipif(EXE is None, reason="run `pip install -e .` first: the console script is tested")
+assert EXE, "the effnet-zoo console script is not installed: run `pip install -e '.[test]'` (make test does)"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

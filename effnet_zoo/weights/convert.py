@@ -7,9 +7,6 @@ written into a temporary folder beside ``out`` and renamed into place, so it is 
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +14,9 @@ from typing import Any
 
 import timm
 import torch
-from safetensors.torch import save_file
-from timm.models import get_pretrained_cfg
 from torch import nn
 
-from ..hub import PRETRAINED_CFG_KEYS
+from ..hub import DTYPES, export_config, model_card, write_model_folder
 from . import keras_h5, lukemelas, seed, tf_ckpt, timm_format, torchvision_format, transformers_format
 from .common import ConversionError, Converted, load_checked
 
@@ -34,9 +29,6 @@ FORMATS: dict[str, Callable[[Path, nn.Module], Converted]] = {
     "seed": seed.read,
     "transformers": transformers_format.read,
 }
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Arguments the registry fills in per variant; recorded in config.json only when they differ.
-_ARCH_DEFAULTS = ("width_mult", "depth_mult", "drop_rate")
 
 
 @dataclass
@@ -89,100 +81,23 @@ def convert(
         )
     if "classifier.weight" in converted.state_dict:
         args.setdefault("num_classes", converted.state_dict["classifier.weight"].shape[0])
-    model = timm.create_model(arch, **args).eval()
+    model = timm.create_model(model_name, **args).eval()
     load_checked(model, converted.state_dict, model_name)
 
-    config = hub_config_for(model, model_name, args, converted)
+    # preprocessing of the named checkpoint set (or the variant's default), not a tag the weights do not carry
+    config = export_config(model, converted.label_names, converted.data_config, keep_tag="." in model_name)
     result = ConversionResult(out, model, converted, config)
     if verify:
         result.max_abs_diff, result.verify_note = verify_against_source(fmt, src, model, model_name)
-    _write_folder(out, model, config, model_card(model_name, fmt, config, converted), DTYPES[dtype], force)
+    tag = f", checkpoint set `{config['pretrained_cfg']['tag']}`" if "tag" in config["pretrained_cfg"] else ""
+    origin = f"Converted by `effnet-zoo convert --from {fmt}` from {converted.source}{tag}."
+    card = model_card(config, f"{model_name} converted by effnet_zoo", origin)
+    try:
+        write_model_folder(out, model, config, card, dtype, force)
+    except FileExistsError as e:
+        raise ConversionError(str(e)) from e
     result.files = sorted(p.name for p in out.iterdir())
     return result
-
-
-def hub_config_for(model: nn.Module, model_name: str, args: dict[str, Any], converted: Converted) -> dict[str, Any]:
-    """timm's Hub config: architecture, sizes, the args that rebuild this model, preprocessing, labels."""
-    arch = model_name.split(".", 1)[0]
-    source_cfg = get_pretrained_cfg(model_name).to_dict()
-    pretrained_cfg = {k: source_cfg[k] for k in PRETRAINED_CFG_KEYS if source_cfg.get(k) is not None}
-    pretrained_cfg.update(converted.data_config)
-    pretrained_cfg["num_classes"] = model.num_classes
-    if "." not in model_name:  # preprocessing of the variant's default set, but not its checkpoint-set tag
-        pretrained_cfg.pop("tag", None)
-    with torch.device("meta"):
-        defaults = timm.create_model(arch)
-    model_args = {k: v for k, v in args.items() if k not in _ARCH_DEFAULTS or getattr(defaults, k, None) != v}
-    model_args.pop("num_classes", None)
-    config = {
-        "architecture": arch,
-        "num_classes": model.num_classes,
-        "num_features": model.num_features,
-        "global_pool": model.global_pool.pool_type,
-        "model_args": model_args,
-        "pretrained_cfg": {k: list(v) if isinstance(v, tuple) else v for k, v in pretrained_cfg.items()},
-    }
-    labels = converted.label_names
-    if labels is None and model.num_classes == 1000:
-        labels = timm.data.ImageNetInfo().label_names()  # ImageNet-1k synsets, the originals' class order
-    if labels is not None:
-        config["label_names"] = list(labels)
-    return config
-
-
-def model_card(model_name: str, fmt: str, config: dict[str, Any], converted: Converted) -> str:
-    cfg = config["pretrained_cfg"]
-    params = sum(p.numel() for p in timm.create_model(config["architecture"], **config["model_args"],
-                                                         num_classes=config["num_classes"]).parameters())  # fmt: skip
-    return f"""---
-tags:
-- image-classification
-- timm
-- effnet_zoo
-library_name: timm
-license: {cfg.get("license", "apache-2.0")}
----
-# {model_name} converted by effnet_zoo
-
-EfficientNet ({config["architecture"]}, {params:,} parameters, {config["num_classes"]} classes), converted from
-{converted.source} (format `{fmt}`{", checkpoint set `" + cfg["tag"] + "`" if cfg.get("tag") else ""}).
-
-Model arguments: `{json.dumps(config["model_args"])}`.
-
-Preprocessing: input {cfg["input_size"][1]}x{cfg["input_size"][2]}, center crop {cfg["crop_pct"]},
-{cfg["interpolation"]} resize, mean {tuple(cfg["mean"])}, std {tuple(cfg["std"])}.
-
-```python
-import timm
-import effnet_zoo  # registers the effnet_* architectures with timm
-
-model = timm.create_model("hf-hub:ORG/NAME", pretrained=True).eval()   # or "local-dir:PATH"
-transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))
-```
-"""
-
-
-def _write_folder(out: Path, model: nn.Module, config: dict, card: str, dtype: torch.dtype, force: bool) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "README.md").write_text(card)
-        if out.exists():
-            if not force:
-                raise ConversionError(f"{out} already exists; pass --force to replace it")
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            old.rmdir()
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def verify_against_source(fmt: str, src: Path, model: nn.Module, model_name: str) -> tuple[float | None, str]:
@@ -191,6 +106,8 @@ def verify_against_source(fmt: str, src: Path, model: nn.Module, model_name: str
         reference = _source_model(fmt, src, model, model_name)
     except ImportError as e:
         return None, f"not verified: the source library is not importable ({e.name})"
+    except (ValueError, RuntimeError, KeyError) as e:
+        return None, f"not verified: the source library could not rebuild this model ({type(e).__name__}: {e})"
     if reference is None:
         return None, f"not verified: no runnable reference for format {fmt!r}"
     size = 224 if model.pretrained_cfg["input_size"][-1] % 2 == 0 else 225

@@ -1,0 +1,76 @@
+"""Saving and publishing a fine-tuned model: local-dir and hf-hub round trips, dry-run upload, failures."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import timm
+import torch
+from conftest import add_hub_repo, timm_reference
+
+import effnet_zoo
+from effnet_zoo.hub import HubPublishError
+from effnet_zoo.weights.timm_format import from_timm
+
+LABELS = ["apple", "banana", "cherry", "date", "elder", "fig", "grape", "honeydew", "kiwi", "lemon"]
+
+
+@pytest.fixture(scope="module")
+def finetuned():
+    """B0 with a new 10-class head, as after fine-tuning: different drop rates, the custom label set."""
+    base = timm_reference("tf_efficientnet_b0", seed=8)
+    model = timm.create_model("effnet_v1_b0.in1k", drop_rate=0.1, drop_path_rate=0.05)
+    model.load_state_dict(from_timm(base.state_dict()))
+    model.reset_classifier(10)
+    torch.nn.init.normal_(model.classifier.weight, 0, 0.05)
+    return model.eval()
+
+
+def test_round_trip_through_local_dir_and_hf_hub(finetuned, tmp_path):
+    out = effnet_zoo.save_pretrained(finetuned, tmp_path / "fruit", label_names=LABELS, training="5 epochs, AdamW")
+    config = json.loads((out / "config.json").read_text())
+    assert config["label_names"] == LABELS and config["num_classes"] == 10
+    assert config["model_args"]["drop_rate"] == 0.1 and config["model_args"]["padding"] == "same"
+    card = (out / "README.md").read_text()
+    assert "timm/tf_efficientnet_b0.in1k" in card and "5 epochs, AdamW" in card
+
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = finetuned(x)
+    local = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    assert local.pretrained_cfg["label_names"] == LABELS
+    assert local.drop_rate == 0.1
+    add_hub_repo("acme/effnet-fruit", {p.name: p.read_bytes() for p in out.iterdir()})
+    hub = timm.create_model("hf-hub:acme/effnet-fruit", pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.equal(local(x), expected) and torch.equal(hub(x), expected)
+
+
+def test_dry_run_lists_exactly_the_upload(finetuned, tmp_path):
+    plan = effnet_zoo.push_to_hub(finetuned, "acme/effnet-fruit", dry_run=True, label_names=LABELS, private=True)
+    assert [path for path, _ in plan.files] == ["README.md", "config.json", "model.safetensors"]
+    assert dict(plan.files)["model.safetensors"] > 4 * sum(p.numel() for p in finetuned.parameters())
+    assert plan.private and plan.url is None
+
+
+def test_push_failure_is_clear_and_keeps_the_folder(finetuned, tmp_path):
+    out = effnet_zoo.save_pretrained(finetuned, tmp_path / "fruit", label_names=LABELS)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(HubPublishError, match="could not publish to 'acme/effnet-fruit'.*nothing local was changed"):
+        effnet_zoo.push_to_hub(out, "acme/effnet-fruit")  # offline (conftest): no network, no token
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_cli_push_dry_run_and_failure(finetuned, tmp_path):
+    exe = shutil.which("effnet-zoo")
+    assert exe, "the effnet-zoo console script is not installed: run `pip install -e '.[test]'`"
+    out = effnet_zoo.save_pretrained(finetuned, tmp_path / "fruit", label_names=LABELS)
+    dry = subprocess.run([exe, "push", str(out), "--repo-id", "acme/fruit", "--revision", "v1", "--dry-run"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert "would upload to acme/fruit@v1:" in dry.stdout and "model.safetensors" in dry.stdout
+    real = subprocess.run([exe, "push", str(out), "--repo-id", "acme/fruit"], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert real.returncode == 2 and "could not publish" in real.stderr and "Traceback" not in real.stderr
+    assert (out / "model.safetensors").is_file()
