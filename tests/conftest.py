@@ -67,6 +67,17 @@ def json_bytes(obj) -> bytes:
     return json.dumps(obj).encode()
 
 
+def console_script() -> str:
+    """The installed ``effnet-zoo`` of this interpreter's environment (on PATH or not)."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / "effnet-zoo"
+    exe = str(beside) if beside.is_file() else shutil.which("effnet-zoo")
+    assert exe, "the effnet-zoo console script is not installed: run `pip install -e '.[test]'` (make test does)"
+    return exe
+
+
 def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:
     """Max abs difference within ``rtol`` of the reference's largest magnitude."""
     assert actual.shape == expected.shape, (actual.shape, expected.shape)

@@ -1,16 +1,15 @@
 """``effnet-zoo summary``: the installed console script, offline."""
 
 import json
-import shutil
 import subprocess
 
 import pytest
 import timm
 import torch
+from conftest import console_script
 from torch.utils.flop_counter import FlopCounterMode
 
-EXE = shutil.which("effnet-zoo")
-assert EXE, "the effnet-zoo console script is not installed: run `pip install -e '.[test]'` (make test does)"
+EXE = console_script()
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

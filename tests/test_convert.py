@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import add_hub_repo, assert_rel_close, randomize_bn, timm_reference
+from conftest import add_hub_repo, assert_rel_close, console_script, randomize_bn, timm_reference
 from safetensors.torch import load_file, save_file
 
 from effnet_zoo.weights.common import ConversionError
@@ -271,8 +271,7 @@ def test_converted_folder_loads_through_hf_hub(tmp_path, keras_reference):
 
 
 def test_cli_convert(tmp_path):
-    exe = shutil.which("effnet-zoo")
-    assert exe, "the effnet-zoo console script is not installed: run `pip install -e '.[test]'`"
+    exe = console_script()
     out = tmp_path / "cli_out"
     args = [exe, "convert", str(FIXTURES / "tiny_tf1"), "--from", "tf-ckpt", "--model", "effnet_v1_b0",
             "--out", str(out), "--model-arg", "width_mult=0.1", "--model-arg", "depth_mult=0.3"]  # fmt: skip

@@ -1,13 +1,12 @@
 """Saving and publishing a fine-tuned model: local-dir and hf-hub round trips, dry-run upload, failures."""
 
 import json
-import shutil
 import subprocess
 
 import pytest
 import timm
 import torch
-from conftest import add_hub_repo, timm_reference
+from conftest import add_hub_repo, console_script, timm_reference
 
 import effnet_zoo
 from effnet_zoo.hub import HubPublishError
@@ -63,8 +62,7 @@ def test_push_failure_is_clear_and_keeps_the_folder(finetuned, tmp_path):
 
 
 def test_cli_push_dry_run_and_failure(finetuned, tmp_path):
-    exe = shutil.which("effnet-zoo")
-    assert exe, "the effnet-zoo console script is not installed: run `pip install -e '.[test]'`"
+    exe = console_script()
     out = effnet_zoo.save_pretrained(finetuned, tmp_path / "fruit", label_names=LABELS)
     dry = subprocess.run([exe, "push", str(out), "--repo-id", "acme/fruit", "--revision", "v1", "--dry-run"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
