@@ -30,7 +30,12 @@ def keras_reference():
 
 @pytest.mark.parametrize(
     "src, fmt",
-    [("tiny_tf1", "tf-ckpt"), ("tiny_keras_legacy.h5", "keras-h5"), ("tiny.weights.h5", "keras-h5")],
+    [
+        ("tiny_tf1", "tf-ckpt"),
+        ("tiny_tf1/model.ckpt", "tf-ckpt"),  # the prefix, as TensorFlow names a checkpoint
+        ("tiny_keras_legacy.h5", "keras-h5"),
+        ("tiny.weights.h5", "keras-h5"),
+    ],
 )
 def test_tf_and_keras_sources_reproduce_keras_logits(tmp_path, keras_reference, src, fmt):
     out = tmp_path / "converted"

@@ -50,17 +50,6 @@ def dense_from_tf(kernel: torch.Tensor) -> torch.Tensor:
     return kernel.t().contiguous()
 
 
-def rename(state_dict: dict[str, torch.Tensor], mapping: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Apply a source-key -> our-key mapping; every source key must be mapped or explicitly ignored (None)."""
-    out = {}
-    for key, value in state_dict.items():
-        if key not in mapping:
-            raise ConversionError(f"unexpected key {key!r}: this checkpoint has a layer the model does not")
-        if mapping[key] is not None:
-            out[mapping[key]] = value
-    return out
-
-
 def load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], model_name: str) -> None:
     """Load strictly; on any mismatch, list the first differences and suggest the variant that fits."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}

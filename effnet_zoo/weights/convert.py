@@ -58,7 +58,7 @@ def convert(
         raise ConversionError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-    if not src.exists():
+    if not src.exists() and not Path(f"{src}.index").exists():  # a TF checkpoint prefix names no file itself
         raise ConversionError(f"{src} does not exist")
     if out.exists() and not force:
         raise ConversionError(f"{out} already exists; pass --force to replace it")

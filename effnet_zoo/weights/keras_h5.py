@@ -19,6 +19,7 @@ from timm.data import IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .common import (
+    BN_PARAMS,
     ConversionError,
     Converted,
     block_expands,
@@ -27,9 +28,6 @@ from .common import (
     dense_from_tf,
     depthwise_from_tf,
 )
-
-_BN = ("weight", "bias", "running_mean", "running_var")  # Keras order: gamma, beta, moving_mean, moving_variance
-_BN_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
 
 def _h5py():
@@ -67,7 +65,8 @@ def _layers(model: nn.Module) -> list[tuple[str, str, str]]:
 
 def _to_ours(kind: str, module: str, values: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     if kind == "batch_normalization":
-        return {f"{module}.{p}": v for p, v in zip(_BN, values, strict=True)}
+        # Keras' order: gamma, beta, moving_mean, moving_variance
+        return {f"{module}.{p}": v for p, v in zip(BN_PARAMS, values, strict=True)}
     if kind == "dense":
         return {f"{module}.weight": dense_from_tf(values[0]), f"{module}.bias": values[1]}
     transform = depthwise_from_tf if kind == "depthwise_conv2d" else conv_from_tf
