@@ -2,8 +2,18 @@
 
 from . import zoo  # noqa: F401  (registers the models with timm)
 from .hub import push_to_hub, save_pretrained
+from .inference import optimize_for_inference
 from .model import EfficientNet
 from .scaling import VARIANTS, Scaling, StageConfig, scaling_from_phi
 
-__all__ = ["EfficientNet", "Scaling", "StageConfig", "VARIANTS", "push_to_hub", "save_pretrained", "scaling_from_phi"]
+__all__ = [
+    "EfficientNet",
+    "Scaling",
+    "StageConfig",
+    "VARIANTS",
+    "optimize_for_inference",
+    "push_to_hub",
+    "save_pretrained",
+    "scaling_from_phi",
+]
 __version__ = "0.1.0"

@@ -29,12 +29,21 @@ class Conv2dSame(nn.Conv2d):
     input plus a single row/column.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
-        left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
-        if bottom != top or right != left:
-            x = F.pad(x, (0, right - left, 0, bottom - top))
-        return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
+    def pads(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, extra bottom, left, extra right): symmetric part for the conv, extra rows/cols to append."""
+        top, bottom = same_padding(height, self.kernel_size[0], self.stride[0], self.dilation[0])
+        left, right = same_padding(width, self.kernel_size[1], self.stride[1], self.dilation[1])
+        return top, bottom - top, left, right - left
+
+    def conv_prepadded(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, top: int, left: int):
+        """The convolution of an input whose extra bottom/right zeros are already there."""
+        return F.conv2d(x, weight, bias, self.stride, (top, left), self.dilation, self.groups)
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        top, extra_h, left, extra_w = self.pads(x.shape[-2], x.shape[-1])
+        if extra_h or extra_w:
+            x = F.pad(x, (0, extra_w, 0, extra_h))
+        return self.conv_prepadded(x, weight, bias, top, left)
 
 
 def create_conv2d(
@@ -60,8 +69,24 @@ def create_conv2d(
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=bias)
 
 
+def _act(act_layer: Callable[[], nn.Module] | None) -> nn.Module:
+    """The activation, in place where the module supports it (it always runs on a fresh tensor here)."""
+    if act_layer is None:
+        return nn.Identity()
+    try:
+        return act_layer(inplace=True)
+    except TypeError:
+        return act_layer()
+
+
 class ConvBnAct(nn.Module):
-    """Convolution (no bias) -> BatchNorm -> optional activation."""
+    """Convolution (no bias) -> BatchNorm -> optional activation.
+
+    Without autograd in eval mode (``torch.no_grad`` / ``inference_mode``), the BatchNorm is folded into
+    the convolution: one pass over the activations instead of two. The folded weights are cached and
+    recomputed whenever the conv or BN tensors change (new values, device or dtype), so loading weights
+    or calling ``.to()`` needs no extra step.
+    """
 
     def __init__(
         self,
@@ -78,10 +103,63 @@ class ConvBnAct(nn.Module):
         super().__init__()
         self.conv = create_conv2d(in_channels, out_channels, kernel_size, stride, groups, padding=padding)
         self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
-        self.act = act_layer() if act_layer is not None else nn.Identity()
+        self.act = _act(act_layer)
+        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+
+    def fold(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of the conv with the BatchNorm (running statistics) folded in."""
+        bn = self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = self.conv.weight * scale.reshape(-1, 1, 1, 1).to(self.conv.weight.dtype)
+        bias = bn.bias - bn.running_mean * scale
+        return weight, bias.to(self.conv.weight.dtype)
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():
+            return self.fold()
+        tensors = (self.conv.weight, self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var)
+        try:
+            key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        except RuntimeError:  # inference tensors carry no version counter: do not cache
+            return self.fold()
+        if self._folded is None or self._folded[0] != key:
+            with torch.no_grad():
+                self._folded = (key, *self.fold())
+        return self._folded[1], self._folded[2]
+
+    def _fast(self) -> bool:
+        return (
+            not self.training
+            and not torch.is_grad_enabled()
+            and isinstance(self.bn, nn.BatchNorm2d)
+            and self.bn.track_running_stats
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fast():
+            weight, bias = self.folded()
+            return self.act(self.conv._conv_forward(x, weight, bias))
         return self.act(self.bn(self.conv(x)))
+
+    def forward_padded(self, x: torch.Tensor, extra_h: int, extra_w: int) -> torch.Tensor:
+        """Eval-only: the output written straight into a buffer with ``extra`` zero rows/cols at the bottom/right,
+        so the next (TF-"SAME", stride-2) conv needs no padded copy of this large activation."""
+        weight, bias = self.folded()
+        y = self.conv._conv_forward(x, weight, bias)
+        n, c, h, w = y.shape
+        channels_last = y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        out = torch.empty((n, c, h + extra_h, w + extra_w), dtype=y.dtype, device=y.device, memory_format=memory_format)
+        out[:, :, h:].zero_()
+        out[:, :, :h, w:].zero_()
+        inner = out[:, :, :h, :w]
+        if isinstance(self.act, nn.SiLU):
+            torch.ops.aten.silu.out(y, out=inner)
+        elif isinstance(self.act, nn.ReLU6):
+            torch.ops.aten.hardtanh.out(y, 0.0, 6.0, out=inner)
+        else:
+            inner.copy_(self.act(y))
+        return out
 
 
 class SqueezeExcite(nn.Module):
@@ -90,7 +168,7 @@ class SqueezeExcite(nn.Module):
     def __init__(self, channels: int, reduced_channels: int, act_layer: Callable[[], nn.Module] = nn.SiLU) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(channels, reduced_channels, 1, bias=True)
-        self.act = act_layer()
+        self.act = _act(act_layer)
         self.expand = nn.Conv2d(reduced_channels, channels, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,9 @@ class EfficientNet(nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
+        # On CPU, oneDNN's kernels (depthwise above all) are much faster on NHWC activations: inputs are moved
+        # to channels_last inside the network; values are unchanged. Set False to keep NCHW throughout.
+        self.cpu_channels_last = True
         self.width_mult, self.depth_mult = width_mult, depth_mult
         stages = tuple(stages) if se_ratio is None else tuple(replace(s, se_ratio=se_ratio) for s in stages)
         self.stage_configs = scale_stages(stages, width_mult, depth_mult, fix_first_last)
@@ -185,9 +188,14 @@ class EfficientNet(nn.Module):
                 "weights were trained at)"
             )
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        x = self.stem(x)
+        if self.cpu_channels_last and x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(self._prepare_input(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
@@ -214,7 +222,7 @@ class EfficientNet(nn.Module):
         """Pyramid maps at ``feature_info`` levels (strides 2..32); timm's semantics for ``indices``."""
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        self._check_input(x)
+        x = self._prepare_input(x)
         take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
         take_stages = {self.stage_ends[i] for i in take_indices}
         last_stage = self.stage_ends[max_index] if stop_early else len(self.blocks)

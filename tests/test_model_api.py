@@ -140,3 +140,45 @@ def test_smallest_valid_input_runs():
     m = timm.create_model("effnet_v1_b0").eval()
     with torch.no_grad():
         assert m(torch.randn(1, 3, 32, 33)).shape == (1, 1000)
+
+
+def test_inference_fast_path_follows_weight_changes():
+    """Eval without autograd folds BN into the convs (cached); new weights, in place or loaded, are picked up."""
+    first = timm_reference("tf_efficientnet_b0", seed=31)
+    second = timm_reference("tf_efficientnet_b0", seed=32)
+    ours = timm.create_model("effnet_v1_b0").eval()
+    x = _x(225, 1)
+    ours.load_state_dict(from_timm(first.state_dict()))
+    with torch.no_grad():
+        assert_rel_close(ours(x), first(x), 1e-5)
+        ours.load_state_dict(from_timm(second.state_dict()))
+        assert_rel_close(ours(x), second(x), 1e-5)
+        ours.head.bn.running_var.mul_(2.0)  # an in-place change to one statistic
+        second.bn2.running_var.mul_(2.0)
+        assert_rel_close(ours(x), second(x), 1e-5)
+    with torch.enable_grad():  # the autograd path (unfolded BatchNorm) computes the same
+        assert_rel_close(ours(x).detach(), second(x).detach(), 1e-5)
+
+
+def test_cpu_channels_last_is_internal_only():
+    m = timm.create_model("effnet_v1_b0").eval()
+    x = _x(224, 1)
+    with torch.no_grad():
+        fast = m(x)
+        m.cpu_channels_last = False
+        assert_rel_close(fast, m(x), 1e-5)
+
+
+def test_optimize_for_inference_folds_batchnorm_for_good():
+    import effnet_zoo
+
+    ref = timm_reference("tf_efficientnet_b0", seed=33)
+    ours = timm.create_model("effnet_v1_b0").eval()
+    ours.load_state_dict(from_timm(ref.state_dict()))
+    fast = effnet_zoo.optimize_for_inference(ours)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ours.modules())  # the original is untouched
+    for size in (224, 225):
+        x = _x(size, 2)
+        with torch.no_grad():
+            assert_rel_close(fast(x), ref(x), 1e-5)

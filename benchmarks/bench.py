@@ -1,0 +1,256 @@
+"""Speed of effnet_zoo against timm's TF port and torchvision, measured in one process.
+
+    python benchmarks/bench.py                       # CPU, B0, inference at batch 1 and 16, training at 16
+    python benchmarks/bench.py --models b0,b3 --modes infer,train,fast --json
+    python benchmarks/bench.py --device cuda --dtype bf16 --channels-last --batch-sizes 1,256 --compile
+
+Absolute times on a shared machine are noise; the figure is the ratio between candidates timed in the same
+rounds. Candidates run interleaved (A, B, C, A, B, C, ...) and each reports its median.
+
+Modes:
+  infer  ``create_model(...).eval()`` of each library under ``torch.inference_mode``
+  train  forward + backward + SGD step (img/s); on CUDA also peak memory, each library in a fresh process
+  fast   each library's documented inference fast path: ours ``effnet_zoo.optimize_for_inference``; torchvision
+         with ``torch.fx.experimental.optimization.fuse`` + channels_last (timm's TF model cannot be traced for that:
+         its padding is computed at run time), against timm's eager model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import timm
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import effnet_zoo  # noqa: E402
+from effnet_zoo.weights.timm_format import from_timm  # noqa: E402
+
+RESOLUTION = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456, "b6": 528, "b7": 600}
+
+
+def build(variant: str, library: str) -> torch.nn.Module:
+    """The three models with the same weights where the layouts allow (ours <- timm's)."""
+    torch.manual_seed(0)
+    if library == "timm_tf":
+        return timm.create_model(f"tf_efficientnet_{variant}")
+    if library == "torchvision":
+        return getattr(torchvision.models, f"efficientnet_{variant}")()
+    ours = timm.create_model(f"effnet_v1_{variant}")
+    ours.load_state_dict(from_timm(build(variant, "timm_tf").state_dict()))
+    return ours
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int, device: str) -> dict[str, float]:
+    """Median seconds per call of each candidate, timed in interleaved rounds."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def autocast(args: argparse.Namespace):
+    if args.dtype == "bf16":
+        return torch.autocast(args.device, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def prepare(model: torch.nn.Module, args: argparse.Namespace, train: bool) -> torch.nn.Module:
+    model = model.to(args.device).train(train)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model = torch.compile(model)
+    return model
+
+
+def make_input(batch: int, size: int, args: argparse.Namespace) -> torch.Tensor:
+    x = torch.randn(batch, 3, size, size, device=args.device)
+    return x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
+
+
+def bench_infer(variant: str, args: argparse.Namespace) -> list[dict]:
+    size = RESOLUTION[variant]
+    models = {lib: prepare(build(variant, lib), args, train=False) for lib in ("ours", "timm_tf", "torchvision")}
+    rows = []
+    for batch in args.batch_sizes:
+        x = make_input(batch, size, args)
+
+        def run(m, x=x):
+            with torch.inference_mode(), autocast(args):
+                return m(x)
+
+        med = interleaved({k: (lambda m=m: run(m)) for k, m in models.items()}, args.rounds, args.warmup, args.device)
+        rows.append(_row("infer", variant, batch, size, med))
+    return rows
+
+
+def fast_paths(variant: str, args: argparse.Namespace, size: int, batch: int) -> dict[str, Callable[[], object]]:
+    from torch.fx.experimental.optimization import fuse
+
+    x = torch.randn(batch, 3, size, size, device=args.device)
+    ours = effnet_zoo.optimize_for_inference(build(variant, "ours").to(args.device).eval())
+    tv = fuse(build(variant, "torchvision").to(args.device).eval()).to(memory_format=torch.channels_last)
+    timm_tf = build(variant, "timm_tf").to(args.device).eval()
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    def run(m, inp):
+        with torch.inference_mode(), autocast(args):
+            return m(inp)
+
+    return {"ours": lambda: run(ours, x), "timm_tf": lambda: run(timm_tf, x), "torchvision": lambda: run(tv, x_cl)}
+
+
+def bench_fast(variant: str, args: argparse.Namespace) -> list[dict]:
+    size = RESOLUTION[variant]
+    rows = []
+    for batch in args.batch_sizes:
+        med = interleaved(fast_paths(variant, args, size, batch), args.rounds, args.warmup, args.device)
+        rows.append(_row("fast", variant, batch, size, med))
+    return rows
+
+
+def _train_step_fn(model: torch.nn.Module, batch: int, size: int, args: argparse.Namespace):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = make_input(batch, size, args)
+    y = torch.randint(0, 1000, (batch,), device=args.device)
+
+    def step():
+        with autocast(args):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _peak_memory_child(variant: str, library: str, args: argparse.Namespace, queue) -> None:
+    size = RESOLUTION[variant]
+    model = prepare(build(variant, library), args, train=True)
+    if args.grad_checkpointing and library == "ours":
+        model.set_grad_checkpointing(True)
+    step = _train_step_fn(model, args.train_batch, size, args)
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    step()
+    queue.put(torch.cuda.max_memory_allocated() / 2**20)
+
+
+def peak_memory_mib(variant: str, library: str, args: argparse.Namespace) -> float:
+    """Peak memory of two training steps, each library in its own fresh process."""
+    ctx = multiprocessing.get_context("spawn")  # fork after OpenMP threads started can deadlock
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_peak_memory_child, args=(variant, library, args, queue))
+    proc.start()
+    value = queue.get()
+    proc.join()
+    return value
+
+
+def bench_train(variant: str, args: argparse.Namespace) -> list[dict]:
+    size = RESOLUTION[variant]
+    models = {lib: prepare(build(variant, lib), args, train=True) for lib in ("ours", "timm_tf", "torchvision")}
+    if args.grad_checkpointing:
+        models["ours"].set_grad_checkpointing(True)
+    steps = {k: _train_step_fn(m, args.train_batch, size, args) for k, m in models.items()}
+    med = interleaved(steps, max(3, args.rounds // 2), 1, args.device)
+    row = _row("train", variant, args.train_batch, size, med)
+    if args.device == "cuda":  # the CPU allocator keeps no peak statistics worth reporting
+        row["peak_mib"] = {lib: round(peak_memory_mib(variant, lib, args), 1) for lib in models}
+    return [row]
+
+
+def _row(mode: str, variant: str, batch: int, size: int, med: dict[str, float]) -> dict:
+    return {
+        "mode": mode,
+        "model": variant,
+        "batch": batch,
+        "size": size,
+        "ms": {k: round(v * 1000, 2) for k, v in med.items()},
+        "img_per_s": {k: round(batch / v, 1) for k, v in med.items()},
+        "speedup_vs_timm_tf": round(med["timm_tf"] / med["ours"], 3),
+        "speedup_vs_torchvision": round(med["torchvision"] / med["ours"], 3),
+    }
+
+
+def machine(args: argparse.Namespace) -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "torchvision": torchvision.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+    if args.device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="b0", help="comma-separated variants, e.g. b0,b3,b7")
+    p.add_argument("--modes", default="infer,train", help="comma-separated: infer, train, fast")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch-sizes", default="1,16", help="inference batch sizes")
+    p.add_argument("--train-batch", type=int, default=16)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast")
+    p.add_argument("--channels-last", action="store_true", help="models and inputs in channels_last")
+    p.add_argument("--compile", action="store_true", help="torch.compile every candidate")
+    p.add_argument("--grad-checkpointing", action="store_true", help="ours with gradient checkpointing (train)")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    modes = {"infer": bench_infer, "train": bench_train, "fast": bench_fast}
+    rows = []
+    for variant in args.models.split(","):
+        for mode in args.modes.split(","):
+            rows += modes[mode](variant, args)
+            if not args.json:
+                _print(rows[-len(args.batch_sizes) if mode != "train" else -1 :])
+    if args.json:
+        print(json.dumps({"machine": machine(args), "args": vars(args), "results": rows}, indent=2))
+    else:
+        print("machine:", json.dumps(machine(args)))
+    return 0
+
+
+def _print(rows: list[dict]) -> None:
+    for r in rows:
+        ms = "  ".join(f"{k} {v:.1f} ms" for k, v in r["ms"].items())
+        line = (f"{r['mode']:<6}{r['model']:<4} batch {r['batch']:<4} {ms}  |  ours x{r['speedup_vs_timm_tf']:.2f} "
+                f"vs timm tf_, x{r['speedup_vs_torchvision']:.2f} vs torchvision")  # fmt: skip
+        if "peak_mib" in r:
+            line += "  | peak MiB " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_mib"].items())
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
