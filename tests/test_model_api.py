@@ -161,12 +161,18 @@ def test_inference_fast_path_follows_weight_changes():
 
 
 def test_cpu_channels_last_is_internal_only():
+    ref = timm_reference("tf_efficientnet_b0", seed=34)
     m = timm.create_model("effnet_v1_b0").eval()
+    m.load_state_dict(from_timm(ref.state_dict()))
     x = _x(224, 1)
     with torch.no_grad():
-        fast = m(x)
+        expected = ref(x)
+        assert_rel_close(m(x), expected, 1e-5)
+        maps = m.get_features(x)
+        assert maps[0].is_contiguous(memory_format=torch.channels_last)
         m.cpu_channels_last = False
-        assert_rel_close(fast, m(x), 1e-5)
+        assert_rel_close(m(x), expected, 1e-5)
+        assert m.get_features(x)[0].is_contiguous()
 
 
 def test_optimize_for_inference_folds_batchnorm_for_good():
