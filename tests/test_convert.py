@@ -63,6 +63,17 @@ def test_tf_checkpoint_uses_ema_shadows_and_skips_optimizer_slots(tmp_path):
     assert torch.equal(tensors["stem/conv2d/kernel"], ema) and not torch.equal(ema, raw)
 
 
+def test_tf_checkpoint_without_ema_falls_back_to_raw_variables_with_a_warning():
+    from effnet_zoo.weights.tf_ckpt import read_variables
+
+    with pytest.warns(UserWarning, match="no ExponentialMovingAverage shadows"):
+        scope, tensors, which = read_variables(FIXTURES / "noema_tf1")
+    assert scope == "efficientnet-tiny" and which.startswith("raw training variables")
+    assert list(tensors) == ["stem/conv2d/kernel"]  # the RMSProp slot and global_step are skipped
+    expected = torch.arange(3 * 3 * 3 * 8, dtype=torch.float32).reshape(3, 3, 3, 8) / 100.0  # as the TF script wrote
+    assert torch.allclose(tensors["stem/conv2d/kernel"], expected)
+
+
 def test_tensorbundle_reads_every_dtype():
     from effnet_zoo.weights.tf_bundle import TensorBundle
 

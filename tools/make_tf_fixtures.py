@@ -14,6 +14,7 @@ fixtures stay under 2 MB together) with random weights and non-trivial BatchNorm
   ``ExponentialMovingAverage`` shadows holding the Keras weights while the raw variables hold other values,
   ``RMSProp`` / ``RMSProp_1`` slots and ``global_step``, as in the released checkpoints;
 - ``dtypes_tf1/model.ckpt.*``: float16 / bfloat16 / int64 / string tensors, for the reader;
+- ``noema_tf1/model.ckpt.*``: raw variables without EMA shadows (the reader falls back with a warning);
 - ``tiny_reference.safetensors``: a fixed input (NCHW, [0, 1]) and Keras' logits for it.
 """
 
@@ -124,6 +125,23 @@ def save_dtype_checkpoint(prefix: Path) -> None:
             saver.save(sess, str(prefix), write_meta_graph=False)
 
 
+def save_no_ema_checkpoint(prefix: Path) -> None:
+    """Raw variables only (no EMA shadows), as a checkpoint saved without the EMA would be: the reader warns."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        kernel = np.arange(3 * 3 * 3 * 8, dtype=np.float32).reshape(3, 3, 3, 8) / 100.0
+        var_list = {
+            f"{ROOT}/stem/conv2d/kernel": tf.compat.v1.Variable(kernel, name="kernel"),
+            f"{ROOT}/stem/conv2d/kernel/RMSProp": tf.compat.v1.Variable(kernel * 0, name="rms"),
+            "global_step": tf.compat.v1.Variable(np.int64(7), name="global_step"),
+        }
+        saver = tf.compat.v1.train.Saver(var_list=var_list)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, str(prefix), write_meta_graph=False)
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     model = build_keras_model()
@@ -138,6 +156,7 @@ def main() -> None:
     model.save_weights(str(OUT / "tiny.weights.h5"))
     save_tf1_checkpoint(tf1_names(model), OUT / "tiny_tf1" / "model.ckpt")
     save_dtype_checkpoint(OUT / "dtypes_tf1" / "model.ckpt")
+    save_no_ema_checkpoint(OUT / "noema_tf1" / "model.ckpt")
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
     print(f"wrote {OUT} ({total / 1e6:.2f} MB); logits[0] = {logits[0].round(4)}")
 
