@@ -29,21 +29,12 @@ class Conv2dSame(nn.Conv2d):
     input plus a single row/column.
     """
 
-    def pads(self, height: int, width: int) -> tuple[int, int, int, int]:
-        """(top, extra bottom, left, extra right): symmetric part for the conv, extra rows/cols to append."""
-        top, bottom = same_padding(height, self.kernel_size[0], self.stride[0], self.dilation[0])
-        left, right = same_padding(width, self.kernel_size[1], self.stride[1], self.dilation[1])
-        return top, bottom - top, left, right - left
-
-    def conv_prepadded(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, top: int, left: int):
-        """The convolution of an input whose extra bottom/right zeros are already there."""
-        return F.conv2d(x, weight, bias, self.stride, (top, left), self.dilation, self.groups)
-
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        top, extra_h, left, extra_w = self.pads(x.shape[-2], x.shape[-1])
-        if extra_h or extra_w:
-            x = F.pad(x, (0, extra_w, 0, extra_h))
-        return self.conv_prepadded(x, weight, bias, top, left)
+        top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
+        left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
+        if bottom != top or right != left:
+            x = F.pad(x, (0, right - left, 0, bottom - top))
+        return F.conv2d(x, weight, bias, self.stride, (top, left), self.dilation, self.groups)
 
 
 def create_conv2d(
@@ -140,26 +131,6 @@ class ConvBnAct(nn.Module):
             weight, bias = self.folded()
             return self.act(self.conv._conv_forward(x, weight, bias))
         return self.act(self.bn(self.conv(x)))
-
-    def forward_padded(self, x: torch.Tensor, extra_h: int, extra_w: int) -> torch.Tensor:
-        """Eval-only: the output written straight into a buffer with ``extra`` zero rows/cols at the bottom/right,
-        so the next (TF-"SAME", stride-2) conv needs no padded copy of this large activation."""
-        weight, bias = self.folded()
-        y = self.conv._conv_forward(x, weight, bias)
-        n, c, h, w = y.shape
-        channels_last = y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        out = torch.empty((n, c, h + extra_h, w + extra_w), dtype=y.dtype, device=y.device, memory_format=memory_format)
-        out[:, :, h:].zero_()
-        out[:, :, :h, w:].zero_()
-        inner = out[:, :, :h, :w]
-        if isinstance(self.act, nn.SiLU):
-            torch.ops.aten.silu.out(y, out=inner)
-        elif isinstance(self.act, nn.ReLU6):
-            torch.ops.aten.hardtanh.out(y, 0.0, 6.0, out=inner)
-        else:
-            inner.copy_(self.act(y))
-        return out
 
 
 class SqueezeExcite(nn.Module):

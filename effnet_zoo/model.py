@@ -64,7 +64,7 @@ class EfficientNet(nn.Module):
         self.model_args = dict(
             width_mult=width_mult, depth_mult=depth_mult, in_chans=in_chans, drop_rate=drop_rate,
             drop_path_rate=drop_path_rate, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum,
-            act_layer=act_layer if isinstance(act_layer, str) else None, fix_stem_head=fix_stem_head,
+            act_layer=act_layer, fix_stem_head=fix_stem_head,
             fix_first_last=fix_first_last, se_ratio=se_ratio,
         )  # fmt: skip
         norm = dict(padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
@@ -75,7 +75,6 @@ class EfficientNet(nn.Module):
         # On CPU, oneDNN's kernels (depthwise above all) are much faster on NHWC activations: inputs are moved
         # to channels_last inside the network; values are unchanged. Set False to keep NCHW throughout.
         self.cpu_channels_last = True
-        self.width_mult, self.depth_mult = width_mult, depth_mult
         stages = tuple(stages) if se_ratio is None else tuple(replace(s, se_ratio=se_ratio) for s in stages)
         self.stage_configs = scale_stages(stages, width_mult, depth_mult, fix_first_last)
 

@@ -77,8 +77,8 @@ def summarize(name: str = "effnet_v1_b0", phi: float | None = None, img_size: in
     return dict(
         model=name,
         phi=phi,
-        width_mult=model.width_mult,
-        depth_mult=model.depth_mult,
+        width_mult=model.model_args["width_mult"],
+        depth_mult=model.model_args["depth_mult"],
         input_size=[model.in_chans, res, res],
         stem=dict(
             out_channels=model.stem.conv.out_channels,

@@ -37,6 +37,16 @@ CROP_PCT = {
 }  # fmt: skip
 
 
+# The Lite checkpoints' evaluation crop and resize, as published with them (and in timm's cfgs).
+LITE_EVAL = {
+    "lite0": (0.875, "bicubic"),
+    "lite1": (0.882, "bicubic"),
+    "lite2": (0.890, "bicubic"),
+    "lite3": (0.904, "bilinear"),
+    "lite4": (0.920, "bilinear"),
+}
+
+
 def crop_pct_for(resolution: int) -> float:
     return CROP_PCT.get(resolution, round(resolution / (resolution + 32), 3))
 
@@ -74,14 +84,14 @@ def _tagged_cfgs() -> dict[str, dict[str, Any]]:
                     extra.update(mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD)
                 cfgs[f"effnet_v1_{variant}.{full_tag}"] = _cfg(res, **extra)
     for variant, scaling in LITE_VARIANTS.items():
-        interpolation = "bilinear" if variant in ("lite3", "lite4") else "bicubic"  # as timm's cfgs
+        crop_pct, interpolation = LITE_EVAL[variant]
         cfgs[f"effnet_{variant}.in1k"] = _cfg(
             scaling.resolution,
             hf_hub_id=f"timm/tf_efficientnet_{variant}.in1k",
             mean=(0.5, 0.5, 0.5),
             std=(0.5, 0.5, 0.5),
             interpolation=interpolation,
-            crop_pct=0.920 if variant == "lite4" else crop_pct_for(scaling.resolution),
+            crop_pct=crop_pct,
         )
     cfgs["effnet_v1_phi.untrained"] = _cfg(224)
     return cfgs

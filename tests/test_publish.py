@@ -72,3 +72,11 @@ def test_cli_push_dry_run_and_failure(finetuned, tmp_path):
                           timeout=120)  # fmt: skip
     assert real.returncode == 2 and "could not publish" in real.stderr and "Traceback" not in real.stderr
     assert (out / "model.safetensors").is_file()
+
+
+def test_unserialisable_model_args_are_refused_not_dropped(tmp_path):
+    """A custom activation class cannot go into config.json: refuse, rather than reload with SiLU silently."""
+    model = timm.create_model("effnet_v1_b0", act_layer=torch.nn.GELU, num_classes=10)
+    with pytest.raises(ValueError, match="act_layer=.*cannot be written to config.json"):
+        effnet_zoo.save_pretrained(model, tmp_path / "gelu")
+    assert not (tmp_path / "gelu").exists()

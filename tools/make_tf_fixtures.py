@@ -87,31 +87,38 @@ def tf1_names(model: keras.Model) -> dict[str, np.ndarray]:
 def save_tf1_checkpoint(variables: dict[str, np.ndarray], prefix: Path) -> None:
     """TF's own Saver: EMA shadows hold the real weights, the raw variables are off by noise."""
     rng = np.random.default_rng(1)
+    tensors = {}
+    for name, value in variables.items():
+        value = value.astype(np.float32)
+        tensors[name + "/ExponentialMovingAverage"] = value
+        tensors[name] = value + rng.normal(0, 0.05, value.shape).astype(np.float32)
+        if not name.endswith(("moving_mean", "moving_variance")):
+            tensors[name + "/RMSProp"] = rng.uniform(0, 1, value.shape).astype(np.float32)
+            tensors[name + "/RMSProp_1"] = rng.normal(0, 1, value.shape).astype(np.float32)
+
+    def var_list():
+        out = {name: tf.compat.v1.Variable(value, name=name.replace("/", "__")) for name, value in tensors.items()}
+        out["global_step"] = tf.compat.v1.Variable(np.int64(123456), name="global_step")
+        return out
+
+    _save(prefix, var_list)
+
+
+def _save(prefix: Path, make_variables) -> None:
+    """Write the variables ``make_variables()`` creates (name -> tf.Variable) with TF's own Saver."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
     graph = tf.Graph()
     with graph.as_default():
-        tensors = {}
-        for name, value in variables.items():
-            value = value.astype(np.float32)
-            tensors[name + "/ExponentialMovingAverage"] = value
-            tensors[name] = value + rng.normal(0, 0.05, value.shape).astype(np.float32)
-            if not name.endswith(("moving_mean", "moving_variance")):
-                tensors[name + "/RMSProp"] = rng.uniform(0, 1, value.shape).astype(np.float32)
-                tensors[name + "/RMSProp_1"] = rng.normal(0, 1, value.shape).astype(np.float32)
-        var_list = {name: tf.compat.v1.Variable(value, name=name.replace("/", "__")) for name, value in tensors.items()}
-        var_list["global_step"] = tf.compat.v1.Variable(np.int64(123456), name="global_step")
-        saver = tf.compat.v1.train.Saver(var_list=var_list)
+        saver = tf.compat.v1.train.Saver(var_list=make_variables())
         with tf.compat.v1.Session(graph=graph) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             saver.save(sess, str(prefix), write_meta_graph=False)
 
 
 def save_dtype_checkpoint(prefix: Path) -> None:
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    graph = tf.Graph()
-    with graph.as_default():
+    def variables():
         base = np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 8.0 - 1.0
-        var_list = {
+        return {
             "f32": tf.compat.v1.Variable(base, name="f32"),
             "f16": tf.compat.v1.Variable(base.astype(np.float16), name="f16"),
             "bf16": tf.compat.v1.Variable(tf.cast(base, tf.bfloat16), name="bf16"),
@@ -119,27 +126,21 @@ def save_dtype_checkpoint(prefix: Path) -> None:
             "scalar": tf.compat.v1.Variable(np.float32(2.5), name="scalar"),
             "text": tf.compat.v1.Variable(b"not a tensor of numbers", name="text"),
         }
-        saver = tf.compat.v1.train.Saver(var_list=var_list)
-        with tf.compat.v1.Session(graph=graph) as sess:
-            sess.run(tf.compat.v1.global_variables_initializer())
-            saver.save(sess, str(prefix), write_meta_graph=False)
+
+    _save(prefix, variables)
 
 
 def save_no_ema_checkpoint(prefix: Path) -> None:
     """Raw variables only (no EMA shadows), as a checkpoint saved without the EMA would be: the reader warns."""
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    graph = tf.Graph()
-    with graph.as_default():
-        kernel = np.arange(3 * 3 * 3 * 8, dtype=np.float32).reshape(3, 3, 3, 8) / 100.0
-        var_list = {
+    kernel = np.arange(3 * 3 * 3 * 8, dtype=np.float32).reshape(3, 3, 3, 8) / 100.0
+    _save(
+        prefix,
+        lambda: {
             f"{ROOT}/stem/conv2d/kernel": tf.compat.v1.Variable(kernel, name="kernel"),
             f"{ROOT}/stem/conv2d/kernel/RMSProp": tf.compat.v1.Variable(kernel * 0, name="rms"),
             "global_step": tf.compat.v1.Variable(np.int64(7), name="global_step"),
-        }
-        saver = tf.compat.v1.train.Saver(var_list=var_list)
-        with tf.compat.v1.Session(graph=graph) as sess:
-            sess.run(tf.compat.v1.global_variables_initializer())
-            saver.save(sess, str(prefix), write_meta_graph=False)
+        },
+    )
 
 
 def main() -> None:
