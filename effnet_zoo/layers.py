@@ -144,5 +144,7 @@ class SqueezeExcite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)
-        s = self.expand(self.act(self.reduce(s)))
-        return x * s.sigmoid()
+        s = self.expand(self.act(self.reduce(s))).sigmoid()
+        # Without autograd nothing needs the ungated map: gate in place and save a full-size allocation.
+        # (``x`` is always the depthwise conv's fresh output here.)
+        return x * s if torch.is_grad_enabled() else x.mul_(s)

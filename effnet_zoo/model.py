@@ -75,6 +75,10 @@ class EfficientNet(nn.Module):
         # On CPU, oneDNN's kernels (depthwise above all) are much faster on NHWC activations: inputs are moved
         # to channels_last inside the network; values are unchanged. Set False to keep NCHW throughout.
         self.cpu_channels_last = True
+        # Set by ``optimize_for_inference``: the network runs on spatially flipped maps with flipped kernels,
+        # where TF's "SAME" padding is static and symmetric (see effnet_zoo/inference.py). Inputs are flipped on
+        # the way in and every map handed out is flipped back, so callers see no difference.
+        self.mirrored = False
         stages = tuple(stages) if se_ratio is None else tuple(replace(s, se_ratio=se_ratio) for s in stages)
         self.stage_configs = scale_stages(stages, width_mult, depth_mult, fix_first_last)
 
@@ -188,10 +192,16 @@ class EfficientNet(nn.Module):
             )
 
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        if not torch.jit.is_scripting():
+            self._check_input(x)
+        x = self._unmirror(x)
         if self.cpu_channels_last and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def _unmirror(self, x: torch.Tensor) -> torch.Tensor:
+        """Flip a map between the caller's orientation and the mirrored one (an involution)."""
+        return x.flip((-2, -1)) if self.mirrored else x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(self._prepare_input(x))
@@ -199,7 +209,7 @@ class EfficientNet(nn.Module):
             x = checkpoint_seq(self.blocks, x)
         else:
             x = self.blocks(x)
-        return self.head(x)
+        return self._unmirror(self.head(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(self.global_pool(x))
@@ -235,10 +245,10 @@ class EfficientNet(nn.Module):
             else:
                 x = stage(x)
             if stage_idx + 1 in take_stages:
-                intermediates.append(x)
+                intermediates.append(self._unmirror(x))
         if intermediates_only:
             return intermediates
-        return self.head(x), intermediates
+        return self._unmirror(self.head(x)), intermediates
 
     def prune_intermediate_layers(
         self,

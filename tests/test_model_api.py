@@ -175,16 +175,39 @@ def test_cpu_channels_last_is_internal_only():
         assert m.get_features(x)[0].is_contiguous()
 
 
-def test_optimize_for_inference_folds_batchnorm_for_good():
+def test_optimize_for_inference_folds_batchnorm_and_makes_padding_static():
     import effnet_zoo
+    from effnet_zoo.layers import Conv2dSame
 
     ref = timm_reference("tf_efficientnet_b0", seed=33)
     ours = timm.create_model("effnet_v1_b0").eval()
     ours.load_state_dict(from_timm(ref.state_dict()))
     fast = effnet_zoo.optimize_for_inference(ours)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, Conv2dSame)) for m in fast.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ours.modules())  # the original is untouched
-    for size in (224, 225):
-        x = _x(size, 2)
+    assert fast.mirrored and not ours.mirrored
+    # Even sizes (asymmetric TF padding, the mirrored case), odd sizes (symmetric) and non-square inputs.
+    for shape in ((2, 3, 224, 224), (2, 3, 225, 225), (1, 3, 161, 256)):
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
         with torch.no_grad():
             assert_rel_close(fast(x), ref(x), 1e-5)
+            assert_rel_close(fast.forward_features(x), ref.forward_features(x), 1e-5)
+            want = ref.forward_intermediates(x, intermediates_only=True)
+            for got, expected in zip(fast.get_features(x), want, strict=True):
+                assert_rel_close(got, expected, 1e-5)
+
+
+def test_optimize_for_inference_on_a_features_only_backbone():
+    import effnet_zoo
+
+    ref = timm_reference("tf_efficientnet_b0", seed=35)
+    ours = timm.create_model("effnet_v1_b0", features_only=True, out_indices=(1, 2, 3, 4)).eval()
+    missing, _ = ours.model.load_state_dict(from_timm(ref.state_dict()), strict=False)
+    assert not missing  # the pruned backbone takes every tensor it has from the full network
+    fast = effnet_zoo.optimize_for_inference(ours)
+    x = _x(256, 1)
+    with torch.no_grad():
+        got, want = fast(x), ref.forward_intermediates(x, indices=(1, 2, 3, 4), intermediates_only=True)
+    assert [t.shape for t in got] == [t.shape for t in want]
+    for g, w in zip(got, want, strict=True):
+        assert_rel_close(g, w, 1e-5)
