@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -16,7 +15,10 @@ PADDINGS = ("same", "symmetric")
 
 def same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TensorFlow's "SAME" padding for one spatial dim: (before, after); the extra pixel goes after."""
-    total = max((math.ceil(size / stride) - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
+    # Integer ceil-division: with symbolic sizes (torch.compile dynamic=True) float ``math.ceil`` makes
+    # every guard a sympy float expression and compilation crawls.
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
     return total // 2, total - total // 2
 
 
@@ -95,7 +97,7 @@ class ConvBnAct(nn.Module):
         self.conv = create_conv2d(in_channels, out_channels, kernel_size, stride, groups, padding=padding)
         self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
         self.act = _act(act_layer)
-        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._folded = None  # (key, weight, bias); not annotated: TorchScript cannot type the cache key
 
     def fold(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight and bias of the conv with the BatchNorm (running statistics) folded in."""
@@ -127,9 +129,10 @@ class ConvBnAct(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fast():
-            weight, bias = self.folded()
-            return self.act(self.conv._conv_forward(x, weight, bias))
+        if not torch.jit.is_scripting():  # the cache is Python state; a scripted model runs conv -> BN
+            if self._fast():
+                weight, bias = self.folded()
+                return self.act(self.conv._conv_forward(x, weight, bias))
         return self.act(self.bn(self.conv(x)))
 
 

@@ -88,7 +88,7 @@ class EfficientNet(nn.Module):
         num_blocks = sum(s.repeats for s in self.stage_configs)
         block_idx, channels, reduction = 0, stem_out, 2
         stage_modules: list[nn.Module] = []
-        self.feature_info: list[dict] = []
+        self.feature_info = []
         for stage_idx, cfg in enumerate(self.stage_configs):
             blocks = []
             for i in range(cfg.repeats):
