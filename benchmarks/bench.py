@@ -9,7 +9,10 @@ rounds. Candidates run interleaved (A, B, C, A, B, C, ...) and each reports its 
 
 Modes:
   infer  ``create_model(...).eval()`` of each library under ``torch.inference_mode``
-  train  forward + backward + SGD step (img/s); on CUDA also peak memory, each library in a fresh process
+  train  forward + backward + SGD step (img/s); also peak memory of two steps, each library in a fresh process
+         (CUDA: max allocated; CPU, Linux: growth of peak RSS over the built model)
+  load   pretrained load of the same safetensors file (random weights, timm's tf_ layout; torchvision gets them
+         renamed), each library in a fresh process: wall time and peak RSS growth (Linux)
   fast   each library's documented inference fast path: ours ``effnet_zoo.optimize_for_inference``; torchvision
          with ``torch.fx.experimental.optimization.fuse`` + channels_last (timm's TF model cannot be traced for that:
          its padding is computed at run time), against timm's eager model.
@@ -23,6 +26,7 @@ import multiprocessing
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -155,21 +159,49 @@ def _peak_memory_child(variant: str, library: str, args: argparse.Namespace, que
     if args.grad_checkpointing and library == "ours":
         model.set_grad_checkpointing(True)
     step = _train_step_fn(model, args.train_batch, size, args)
-    torch.cuda.reset_peak_memory_stats()
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    baseline = _reset_peak_rss()
     step()
     step()
-    queue.put(torch.cuda.max_memory_allocated() / 2**20)
+    queue.put(torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else _peak_rss_growth_mib(baseline))
 
 
-def peak_memory_mib(variant: str, library: str, args: argparse.Namespace) -> float:
-    """Peak memory of two training steps, each library in its own fresh process."""
+def _proc_status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> float:
+    """Reset the peak-RSS mark (Linux ``clear_refs``) and return the current RSS in MiB.
+
+    ``getrusage``'s ru_maxrss cannot serve: it survives fork + exec, so a child starts with its parent's peak.
+    """
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _proc_status_mib("VmRSS")
+
+
+def _peak_rss_growth_mib(baseline: float) -> float:
+    return _proc_status_mib("VmHWM") - baseline
+
+
+def _in_fresh_process(target, *args) -> object:
     ctx = multiprocessing.get_context("spawn")  # fork after OpenMP threads started can deadlock
     queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_memory_child, args=(variant, library, args, queue))
+    proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
     value = queue.get()
     proc.join()
     return value
+
+
+def peak_memory_mib(variant: str, library: str, args: argparse.Namespace) -> float:
+    """Peak memory of two training steps, each library in its own fresh process."""
+    return _in_fresh_process(_peak_memory_child, variant, library, args)
 
 
 def bench_train(variant: str, args: argparse.Namespace) -> list[dict]:
@@ -180,8 +212,49 @@ def bench_train(variant: str, args: argparse.Namespace) -> list[dict]:
     steps = {k: _train_step_fn(m, args.train_batch, size, args) for k, m in models.items()}
     med = interleaved(steps, max(3, args.rounds // 2), 1, args.device)
     row = _row("train", variant, args.train_batch, size, med)
-    if args.device == "cuda":  # the CPU allocator keeps no peak statistics worth reporting
-        row["peak_mib"] = {lib: round(peak_memory_mib(variant, lib, args), 1) for lib in models}
+    del models, steps
+    row["peak_mib"] = {lib: round(peak_memory_mib(variant, lib, args), 1) for lib in med}
+    return [row]
+
+
+def _load_child(variant: str, library: str, path: str, queue) -> None:
+    import effnet_zoo  # noqa: F401  (registers our models in the fresh process)
+
+    with torch.device("meta"):  # timm's key order (a file's keys come back sorted), outside the measurement
+        order = list(timm.create_model(f"tf_efficientnet_{variant}").state_dict())
+    baseline, start = _reset_peak_rss(), time.perf_counter()
+    if library == "torchvision":
+        from safetensors.torch import load_file
+
+        model = getattr(torchvision.models, f"efficientnet_{variant}")()
+        model.load_state_dict(_torchvision_keys(load_file(path), order, model), strict=False)
+    else:
+        name = f"effnet_v1_{variant}" if library == "ours" else f"tf_efficientnet_{variant}"
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path, hf_hub_id=None))
+    queue.put((time.perf_counter() - start, _peak_rss_growth_mib(baseline)))
+
+
+def _torchvision_keys(state_dict: dict, order: list[str], model: torch.nn.Module) -> dict:
+    """Timm's tensors under torchvision's names, matched by module order (identical layouts, B0-B7)."""
+    skip = "num_batches_tracked"
+    tensors = [state_dict[k] for k in order if not k.endswith(skip)]
+    names = [k for k in model.state_dict() if not k.endswith(skip)]
+    return dict(zip(names, tensors, strict=True))
+
+
+def bench_load(variant: str, args: argparse.Namespace) -> list[dict]:
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "model.safetensors")
+        save_file(build(variant, "timm_tf").state_dict(), path)
+        measured = {lib: [] for lib in ("ours", "timm_tf", "torchvision")}
+        for _ in range(max(1, args.rounds // 4)):
+            for lib, runs in measured.items():
+                runs.append(_in_fresh_process(_load_child, variant, lib, path))
+    med = {lib: statistics.median(t for t, _ in runs) for lib, runs in measured.items()}
+    row = _row("load", variant, 1, RESOLUTION[variant], med)
+    row["peak_mib"] = {lib: round(statistics.median(m for _, m in runs), 1) for lib, runs in measured.items()}
     return [row]
 
 
@@ -215,7 +288,7 @@ def machine(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="b0", help="comma-separated variants, e.g. b0,b3,b7")
-    p.add_argument("--modes", default="infer,train", help="comma-separated: infer, train, fast")
+    p.add_argument("--modes", default="infer,train", help="comma-separated: infer, train, fast, load")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch-sizes", default="1,16", help="inference batch sizes")
     p.add_argument("--train-batch", type=int, default=16)
@@ -228,13 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    modes = {"infer": bench_infer, "train": bench_train, "fast": bench_fast}
+    modes = {"infer": bench_infer, "train": bench_train, "fast": bench_fast, "load": bench_load}
     rows = []
     for variant in args.models.split(","):
         for mode in args.modes.split(","):
             rows += modes[mode](variant, args)
             if not args.json:
-                _print(rows[-len(args.batch_sizes) if mode != "train" else -1 :])
+                _print(rows[-len(args.batch_sizes) if mode in ("infer", "fast") else -1 :])
     if args.json:
         print(json.dumps({"machine": machine(args), "args": vars(args), "results": rows}, indent=2))
     else:
