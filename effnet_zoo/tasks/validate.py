@@ -1,0 +1,112 @@
+"""Top-1 / top-5 over an image folder, with timm's dataset, loader and eval transform (timm's validate.py numbers)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from timm.data import create_dataset, create_loader, resolve_data_config
+from tqdm import tqdm
+
+from .common import autocast, class_ids, load_pretrained, resolve_device
+
+
+@dataclass
+class ValidateResult:
+    model: str
+    data: str
+    num_images: int
+    top1: float  # percent
+    top5: float
+    loss: float
+    img_per_s: float
+    device: str
+    amp: bool
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def folder_class_map(folder_classes: list[str], model: torch.nn.Module) -> list[int]:
+    """For each folder class (sorted as the dataset indexes them), the model output that means it.
+
+    Folders named like the model's classes (ImageNet synsets for ImageNet models, or the labels a fine-tuned
+    model was saved with) are matched by name, so a subset of ImageNet's classes works; otherwise the folders
+    must be exactly as many as the model's classes and are taken in sorted order.
+    """
+    ids = class_ids(model)
+    if ids is not None and all(c in ids for c in folder_classes):
+        index = {c: i for i, c in enumerate(ids)}
+        return [index[c] for c in folder_classes]
+    if len(folder_classes) == model.num_classes:
+        return list(range(model.num_classes))
+    known = f" (first model classes: {ids[:3]})" if ids else ""
+    raise ValueError(
+        f"the folder has {len(folder_classes)} class folders ({folder_classes[:3]}...) that do not name the model's "
+        f"classes{known}, and the model has {model.num_classes} outputs; name the folders after the model's classes "
+        "(e.g. ImageNet synsets like n01440764) or use a model fine-tuned on these classes"
+    )
+
+
+def validate(
+    data: str,
+    model_name: str,
+    batch_size: int = 64,
+    amp: bool = False,
+    channels_last: bool = False,
+    device: str | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> ValidateResult:
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {data!r} is not a folder; expected DIR/<class>/<image> (an ImageFolder)")
+    dev = resolve_device(device)
+    model = load_pretrained(model_name).eval().to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    dataset = create_dataset("", root=str(root), split="")
+    if len(dataset) == 0:
+        raise ValueError(f"no images found under {data!r}; expected DIR/<class>/<image>")
+    target_map = torch.tensor(folder_class_map(list(dataset.reader.class_to_idx), model), device=dev)
+    cfg = resolve_data_config({}, model=model)
+    loader = create_loader(
+        dataset, input_size=cfg["input_size"], batch_size=batch_size, interpolation=cfg["interpolation"],
+        mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"], crop_mode=cfg.get("crop_mode"),
+        num_workers=workers, use_prefetcher=False, device=dev, persistent_workers=False,
+    )  # fmt: skip
+    correct1 = correct5 = seen = 0
+    loss_sum = 0.0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for images, targets in tqdm(loader, desc=f"validate {model_name}", unit="batch", disable=not progress):
+            images = images.to(dev)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = target_map[targets.to(dev)]
+            with autocast(dev, amp):
+                logits = model(images)
+            logits = logits.float()
+            loss_sum += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+            top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+            hits = top5 == targets[:, None]
+            correct1 += hits[:, 0].sum().item()
+            correct5 += hits.any(-1).sum().item()
+            seen += targets.numel()
+    elapsed = time.perf_counter() - start
+    return ValidateResult(
+        model=model_name, data=str(root), num_images=seen, top1=100.0 * correct1 / seen, top5=100.0 * correct5 / seen,
+        loss=loss_sum / seen, img_per_s=seen / elapsed, device=str(dev), amp=amp,
+    )  # fmt: skip
+
+
+def format_result(r: ValidateResult) -> str:
+    return (
+        f"{r.model} on {r.data}: top-1 {r.top1:.3f}%  top-5 {r.top5:.3f}%  loss {r.loss:.4f}  "
+        f"({r.num_images} images, {r.img_per_s:.1f} img/s on {r.device}{', bf16 autocast' if r.amp else ''})"
+    )
+
+
+__all__ = ["ValidateResult", "validate", "format_result", "folder_class_map"]

@@ -1,0 +1,125 @@
+"""``effnet-zoo finetune``: learns, resumes exactly after a SIGKILL, runs under torchrun, ends in a loadable folder."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import console_script
+from PIL import Image
+from safetensors.torch import load_file
+
+EXE = console_script()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Two classes that survive timm's training augmentation: horizontal vs vertical noisy stripes."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 4)):
+        for name, axis in (("horizontal", 0), ("vertical", 1)):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                period = int(rng.integers(6, 12))
+                line = ((np.arange(48) + rng.integers(0, period)) // (period // 2)) % 2 * 200 + 20
+                img = np.repeat(line[:, None], 48, 1) if axis == 0 else np.repeat(line[None, :], 48, 0)
+                img = np.stack([img] * 3, -1) + rng.integers(-20, 20, (48, 48, 3))
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def finetune_args(lite0_dir, data, out, epochs=2, *extra):
+    return ["finetune", "--data", data, "--model", f"local-dir:{lite0_dir}", "--out", out, "--epochs", str(epochs),
+            "--batch-size", "8", "--img-size", "64", "--workers", "0", "--warmup-epochs", "0", "--lr", "1e-3",
+            "--no-progress", *extra]  # fmt: skip
+
+
+def run(args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(lite0_dir, data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "full"
+    done = run(finetune_args(lite0_dir, data, out, 3, "--model-ema", "--ema-decay", "0.5"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_finetune_learns_and_ends_in_a_loadable_folder(uninterrupted, data):
+    history = metrics(uninterrupted)
+    assert [m["epoch"] for m in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"] and history[-1]["val_loss"] < history[0]["val_loss"]
+    assert history[-1]["val_top1"] > 50.0  # better than chance on the held-out images
+    folder = uninterrupted / "model"
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "README.md"}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["label_names"] == ["horizontal", "vertical"] and config["num_classes"] == 2
+    # The folder holds the EMA weights of the last checkpoint, and reloads with the same predictions.
+    state = torch.load(uninterrupted / "checkpoint.pt", weights_only=True)
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items()}
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ema[k]), k
+    assert model.pretrained_cfg["label_names"] == ["horizontal", "vertical"]
+
+
+def test_sigkill_then_resume_equals_the_uninterrupted_run(lite0_dir, data, uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    args = [EXE, *map(str, finetune_args(lite0_dir, data, out, 3, "--model-ema", "--ema-decay", "0.5"))]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not ((out / "metrics.jsonl").exists() and metrics(out)) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model").exists(), "the run finished before it could be killed"
+    killed_at = len(metrics(out))
+    assert 1 <= killed_at < 3
+
+    resumed = run(finetune_args(lite0_dir, data, out, 3, "--model-ema", "--ema-decay", "0.5", "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert metrics(out) == metrics(uninterrupted)
+    a, b = load_file(out / "model" / "model.safetensors"), load_file(uninterrupted / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_is_not_overwritten(lite0_dir, data, uninterrupted):
+    before = (uninterrupted / "checkpoint.pt").read_bytes()
+    again = run(finetune_args(lite0_dir, data, uninterrupted, 1))
+    assert again.returncode == 2 and "--resume" in again.stderr and "--force" in again.stderr
+    assert (uninterrupted / "checkpoint.pt").read_bytes() == before
+
+
+def test_torchrun_two_processes(lite0_dir, data, tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    assert torchrun.exists() or shutil.which("torchrun")
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        EXE,
+        *map(str, finetune_args(lite0_dir, data, out, 1)),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stdout and "ranks in sync: max param diff 0" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.jsonl", "model"]
+    assert len(metrics(out)) == 1

@@ -1,0 +1,124 @@
+"""The user commands end to end through the installed ``effnet-zoo`` script: predict, validate, export, on real
+Lite0 ImageNet weights and real photographs; expected numbers are computed independently in the tests."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import skimage.data as skimage_data
+import timm
+import torch
+from conftest import console_script
+from PIL import Image
+
+EXE = console_script()
+ESPRESSO, TIGER_CAT, TABBY = "n07920052", "n02123159", "n02123045"
+
+
+def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A few real photographs, one corrupt file and one CMYK and one grayscale image."""
+    root = tmp_path_factory.mktemp("photos")
+    Image.fromarray(skimage_data.chelsea()).save(root / "chelsea.png")
+    Image.fromarray(skimage_data.coffee()).save(root / "coffee.jpg")
+    Image.fromarray(skimage_data.coffee()).convert("CMYK").save(root / "coffee_cmyk.jpg")
+    Image.fromarray(skimage_data.camera()).save(root / "camera_gray.png")
+    (root / "notes.jpg").write_text("this is not an image")
+    return root
+
+
+def test_predict_real_photos_skips_a_corrupt_file(lite0_dir, photos):
+    out = run("predict", photos, "--model", f"local-dir:{lite0_dir}", "--topk", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    assert "skipped" in out.stderr and "notes.jpg" in out.stderr and "not an image" in out.stderr
+    report = json.loads(out.stdout)
+    by_name = {p["path"].rsplit("/", 1)[-1]: p["top"] for p in report["predictions"]}
+    assert set(by_name) == {"chelsea.png", "coffee.jpg", "coffee_cmyk.jpg", "camera_gray.png"}
+    assert by_name["coffee.jpg"][0]["label"] == "espresso" and by_name["coffee.jpg"][0]["probability"] > 0.5
+    assert by_name["coffee_cmyk.jpg"][0]["label"] == "espresso"
+    assert by_name["chelsea.png"][0]["label"] in {"tiger cat", "tabby, tabby cat", "Egyptian cat"}
+    assert [s["path"].rsplit("/", 1)[-1] for s in report["skipped"]] == ["notes.jpg"]
+    # The same probabilities as timm's own transform + our model, computed here.
+    model = timm.create_model(f"local-dir:{lite0_dir}", pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    with torch.no_grad():
+        probs = model(transform(Image.open(photos / "coffee.jpg").convert("RGB"))[None]).softmax(-1)[0]
+    top = by_name["coffee.jpg"][0]
+    assert top["index"] == probs.argmax().item() and abs(top["probability"] - probs.max().item()) < 1e-5
+
+
+def test_predict_text_output_and_glob(lite0_dir, photos):
+    out = run("predict", f"{photos}/coffee*.jpg", "--model", f"local-dir:{lite0_dir}", "--topk", "1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("espresso") == 2 and "chelsea" not in out.stdout
+
+
+def test_predict_nothing_readable_fails(lite0_dir, photos):
+    out = run("predict", photos / "notes.jpg", "--model", f"local-dir:{lite0_dir}")
+    assert out.returncode == 1 and "not an image" in out.stderr
+    missing = run("predict", photos / "nope*.png", "--model", f"local-dir:{lite0_dir}")
+    assert missing.returncode == 2 and "matches anything" in missing.stderr
+
+
+def _image_folder(root, classes: dict[str, list[np.ndarray]]):
+    for name, images in classes.items():
+        (root / name).mkdir(parents=True)
+        for i, img in enumerate(images):
+            Image.fromarray(img).save(root / name / f"{i}.png")
+    return root
+
+
+def _variants(img: np.ndarray) -> list[np.ndarray]:
+    h, w = img.shape[:2]
+    return [img, img[:, ::-1].copy(), img[h // 8 :, w // 8 :].copy(), img[: h * 3 // 4, : w * 3 // 4].copy()]
+
+
+def test_validate_matches_an_independent_count(lite0_dir, tmp_path):
+    cat, coffee = skimage_data.chelsea(), skimage_data.coffee()
+    # tabby holds cat photos too: the model may say "tiger cat" for them, so accuracy is not trivially 100%.
+    data = _image_folder(tmp_path / "val", {TIGER_CAT: _variants(cat), ESPRESSO: _variants(coffee),
+                                           TABBY: _variants(cat)[:2]})  # fmt: skip
+    out = run("validate", "--data", data, "--model", f"local-dir:{lite0_dir}", "--batch-size", "4",
+              "--workers", "0", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+
+    model = timm.create_model(f"local-dir:{lite0_dir}", pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    synsets = timm.data.ImageNetInfo().label_names()
+    top1 = top5 = n = 0
+    for folder in sorted(data.iterdir()):
+        for f in folder.iterdir():
+            with torch.no_grad():
+                logits = model(transform(Image.open(f).convert("RGB"))[None])[0]
+            target = synsets.index(folder.name)
+            top1 += logits.argmax().item() == target
+            top5 += target in logits.topk(5).indices.tolist()
+            n += 1
+    assert got["num_images"] == n == 10
+    assert got["top1"] == pytest.approx(100 * top1 / n) and got["top5"] == pytest.approx(100 * top5 / n)
+    assert 0 < got["top1"] < 100  # the tabby folder keeps the figure from being a trivial 100%
+
+
+def test_validate_explains_unmatched_folders(lite0_dir, tmp_path):
+    data = _image_folder(tmp_path / "val", {"cats": [skimage_data.chelsea()], "cups": [skimage_data.coffee()]})
+    out = run("validate", "--data", data, "--model", f"local-dir:{lite0_dir}", "--workers", "0")
+    assert out.returncode == 2 and "do not name the model's classes" in out.stderr
+
+
+@pytest.mark.parametrize("fmt,suffix", [("onnx", "onnx"), ("torchscript", "pt"), ("torch-export", "pt2")])
+def test_export_round_trip(lite0_dir, tmp_path, fmt, suffix):
+    target = tmp_path / f"lite0.{suffix}"
+    out = run("export", "--model", f"local-dir:{lite0_dir}", "--format", fmt, "--out", target, "--dynamic-batch",
+              "--img-size", "64")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert target.is_file() and "checked against eager PyTorch on a batch of 3" in out.stdout
+    rel = float(out.stdout.rsplit("relative ", 1)[1].rstrip(")\n"))
+    assert rel < 1e-4, out.stdout
+    again = run("export", "--model", f"local-dir:{lite0_dir}", "--format", fmt, "--out", target)
+    assert again.returncode == 2 and "--force" in again.stderr
