@@ -213,7 +213,8 @@ def bench_train(variant: str, args: argparse.Namespace) -> list[dict]:
     med = interleaved(steps, max(3, args.rounds // 2), 1, args.device)
     row = _row("train", variant, args.train_batch, size, med)
     del models, steps
-    row["peak_mib"] = {lib: round(peak_memory_mib(variant, lib, args), 1) for lib in med}
+    if args.memory:
+        row["peak_mib"] = {lib: round(peak_memory_mib(variant, lib, args), 1) for lib in med}
     return [row]
 
 
@@ -296,11 +297,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels-last", action="store_true", help="models and inputs in channels_last")
     p.add_argument("--compile", action="store_true", help="torch.compile every candidate")
     p.add_argument("--grad-checkpointing", action="store_true", help="ours with gradient checkpointing (train)")
+    p.add_argument("--img-size", type=int, help="override every variant's native resolution (e.g. for a smoke run)")
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="train: skip the fresh-process peak-memory runs")  # fmt: skip
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.img_size:
+        RESOLUTION.update(dict.fromkeys(RESOLUTION, args.img_size))
     modes = {"infer": bench_infer, "train": bench_train, "fast": bench_fast, "load": bench_load}
     rows = []
     for variant in args.models.split(","):

@@ -3,6 +3,7 @@ imports huggingface_hub (it reads these variables once, at import), so every ``p
 below goes through the real timm + huggingface_hub loaders against files the tests lay out."""
 
 import os
+import subprocess
 import tempfile
 
 _HF_CACHE = tempfile.mkdtemp(prefix="effnet_zoo_hf_cache_")
@@ -77,6 +78,27 @@ def console_script() -> str:
     exe = str(beside) if beside.is_file() else shutil.which("effnet-zoo")
     assert exe, "the effnet-zoo console script is not installed: run `pip install -e '.[test]'` (make test does)"
     return exe
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    """``effnet-zoo ARGS`` through ``effnet_zoo.cli.main`` in this process, output captured.
+
+    The same code the console script runs, without its ~8 s of torch/timm imports per call on this machine;
+    tests of the installed script itself (and of anything that needs a fresh process) use ``console_script()``.
+    """
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from effnet_zoo.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse rejecting the arguments
+            code = e.code if isinstance(e.code, int) else 2
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import timm
 import torch
-from conftest import console_script
+from conftest import cli, console_script
 from torch.utils.flop_counter import FlopCounterMode
 
 EXE = console_script()
@@ -37,7 +37,7 @@ def test_default_summary_is_b0():
 
 
 def test_json_summary_matches_timm_counts():
-    out = run("summary", "effnet_v1_b3", "--json")
+    out = cli("summary", "effnet_v1_b3", "--json")
     assert out.returncode == 0, out.stderr
     s = json.loads(out.stdout)
     ref = timm.create_model("tf_efficientnet_b3")
@@ -54,14 +54,14 @@ def test_json_summary_matches_timm_counts():
 
 
 def test_phi_summary():
-    s = json.loads(run("summary", "--phi", "2.5", "--json").stdout)
+    s = json.loads(cli("summary", "--phi", "2.5", "--json").stdout)
     assert s["model"] == "effnet_v1_phi" and s["phi"] == 2.5
     assert s["width_mult"] == pytest.approx(1.1**2.5, rel=1e-5)
     assert s["input_size"] == [3, 320, 320]
 
 
 def test_unknown_model_is_a_clear_error():
-    out = run("summary", "effnet_v1_b9")
+    out = cli("summary", "effnet_v1_b9")
     assert out.returncode == 2
     assert "unknown model 'effnet_v1_b9'" in out.stderr and "effnet_v1_b7" in out.stderr
     assert "Traceback" not in out.stderr

@@ -7,13 +7,12 @@ timm, torchvision, efficientnet_pytorch and transformers, converted and run besi
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import timm
 import torch
-from conftest import add_hub_repo, assert_rel_close, console_script, randomize_bn, timm_reference
+from conftest import add_hub_repo, assert_rel_close, cli, randomize_bn, timm_reference
 from safetensors.torch import load_file, save_file
 
 from effnet_zoo.weights.common import ConversionError
@@ -287,14 +286,13 @@ def test_converted_folder_loads_through_hf_hub(tmp_path, keras_reference):
 
 
 def test_cli_convert(tmp_path):
-    exe = console_script()
     out = tmp_path / "cli_out"
-    args = [exe, "convert", str(FIXTURES / "tiny_tf1"), "--from", "tf-ckpt", "--model", "effnet_v1_b0",
+    args = ["convert", str(FIXTURES / "tiny_tf1"), "--from", "tf-ckpt", "--model", "effnet_v1_b0",
             "--out", str(out), "--model-arg", "width_mult=0.1", "--model-arg", "depth_mult=0.3"]  # fmt: skip
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    done = cli(*args)
     assert done.returncode == 0, done.stderr
     assert "ExponentialMovingAverage weights" in done.stdout and "47,052 parameters" in done.stdout
-    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    again = cli(*args)
     assert again.returncode == 2 and "already exists; pass --force" in again.stderr
     assert "Traceback" not in again.stderr
     card = (out / "README.md").read_text()

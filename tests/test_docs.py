@@ -53,7 +53,7 @@ def test_shown_command_is_accepted(page, argv):
 
 @pytest.mark.parametrize("argv", [a for _, a in shown_commands() if a[0] == "summary"], ids=" ".join)
 def test_shown_summary_commands_run(argv):
-    from conftest import console_script
+    from conftest import cli
 
-    done = subprocess.run([console_script(), *argv], capture_output=True, text=True, timeout=120)
+    done = cli(*argv)
     assert done.returncode == 0, done.stderr

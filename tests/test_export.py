@@ -53,7 +53,7 @@ def test_fast_path_compiles_with_dynamic_shapes(b0_pair):
     fast = effnet_zoo.optimize_for_inference(ours)
     compiled = torch.compile(fast, fullgraph=True, backend="eager", dynamic=True)
     with torch.no_grad():
-        for size in (96, 97, 128):
+        for size in (96, 97):
             y = torch.randn(1, 3, size, size)
             assert_rel_close(compiled(y), ours(y), 1e-5)
 

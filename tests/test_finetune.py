@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import console_script
+from conftest import cli, console_script
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -99,7 +99,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(lite0_dir, data, unint
 
 def test_existing_run_is_not_overwritten(lite0_dir, data, uninterrupted):
     before = (uninterrupted / "checkpoint.pt").read_bytes()
-    again = run(finetune_args(lite0_dir, data, uninterrupted, 1))
+    again = cli(*finetune_args(lite0_dir, data, uninterrupted, 1))
     assert again.returncode == 2 and "--resume" in again.stderr and "--force" in again.stderr
     assert (uninterrupted / "checkpoint.pt").read_bytes() == before
 

@@ -1,12 +1,11 @@
 """Saving and publishing a fine-tuned model: local-dir and hf-hub round trips, dry-run upload, failures."""
 
 import json
-import subprocess
 
 import pytest
 import timm
 import torch
-from conftest import add_hub_repo, console_script, timm_reference
+from conftest import add_hub_repo, cli, timm_reference
 
 import effnet_zoo
 from effnet_zoo.hub import HubPublishError
@@ -62,14 +61,11 @@ def test_push_failure_is_clear_and_keeps_the_folder(finetuned, tmp_path):
 
 
 def test_cli_push_dry_run_and_failure(finetuned, tmp_path):
-    exe = console_script()
     out = effnet_zoo.save_pretrained(finetuned, tmp_path / "fruit", label_names=LABELS)
-    dry = subprocess.run([exe, "push", str(out), "--repo-id", "acme/fruit", "--revision", "v1", "--dry-run"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    dry = cli("push", out, "--repo-id", "acme/fruit", "--revision", "v1", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "would upload to acme/fruit@v1:" in dry.stdout and "model.safetensors" in dry.stdout
-    real = subprocess.run([exe, "push", str(out), "--repo-id", "acme/fruit"], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    real = cli("push", out, "--repo-id", "acme/fruit")
     assert real.returncode == 2 and "could not publish" in real.stderr and "Traceback" not in real.stderr
     assert (out / "model.safetensors").is_file()
 

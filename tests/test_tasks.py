@@ -1,23 +1,17 @@
-"""The user commands end to end through the installed ``effnet-zoo`` script: predict, validate, export, on real
-Lite0 ImageNet weights and real photographs; expected numbers are computed independently in the tests."""
+"""The user commands end to end through the CLI's ``main``: predict, validate, export, on real Lite0 ImageNet
+weights and real photographs; expected numbers are computed independently in the tests."""
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 import skimage.data as skimage_data
 import timm
 import torch
-from conftest import console_script
+from conftest import cli
 from PIL import Image
 
-EXE = console_script()
 ESPRESSO, TIGER_CAT, TABBY = "n07920052", "n02123159", "n02123045"
-
-
-def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +27,7 @@ def photos(tmp_path_factory):
 
 
 def test_predict_real_photos_skips_a_corrupt_file(lite0_dir, photos):
-    out = run("predict", photos, "--model", f"local-dir:{lite0_dir}", "--topk", "3", "--json")
+    out = cli("predict", photos, "--model", f"local-dir:{lite0_dir}", "--topk", "3", "--json")
     assert out.returncode == 0, out.stderr
     assert "skipped" in out.stderr and "notes.jpg" in out.stderr and "not an image" in out.stderr
     report = json.loads(out.stdout)
@@ -53,15 +47,15 @@ def test_predict_real_photos_skips_a_corrupt_file(lite0_dir, photos):
 
 
 def test_predict_text_output_and_glob(lite0_dir, photos):
-    out = run("predict", f"{photos}/coffee*.jpg", "--model", f"local-dir:{lite0_dir}", "--topk", "1")
+    out = cli("predict", f"{photos}/coffee*.jpg", "--model", f"local-dir:{lite0_dir}", "--topk", "1")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("espresso") == 2 and "chelsea" not in out.stdout
 
 
 def test_predict_nothing_readable_fails(lite0_dir, photos):
-    out = run("predict", photos / "notes.jpg", "--model", f"local-dir:{lite0_dir}")
+    out = cli("predict", photos / "notes.jpg", "--model", f"local-dir:{lite0_dir}")
     assert out.returncode == 1 and "not an image" in out.stderr
-    missing = run("predict", photos / "nope*.png", "--model", f"local-dir:{lite0_dir}")
+    missing = cli("predict", photos / "nope*.png", "--model", f"local-dir:{lite0_dir}")
     assert missing.returncode == 2 and "matches anything" in missing.stderr
 
 
@@ -83,7 +77,7 @@ def test_validate_matches_an_independent_count(lite0_dir, tmp_path):
     # tabby holds cat photos too: the model may say "tiger cat" for them, so accuracy is not trivially 100%.
     data = _image_folder(tmp_path / "val", {TIGER_CAT: _variants(cat), ESPRESSO: _variants(coffee),
                                            TABBY: _variants(cat)[:2]})  # fmt: skip
-    out = run("validate", "--data", data, "--model", f"local-dir:{lite0_dir}", "--batch-size", "4",
+    out = cli("validate", "--data", data, "--model", f"local-dir:{lite0_dir}", "--batch-size", "4",
               "--workers", "0", "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
@@ -107,18 +101,18 @@ def test_validate_matches_an_independent_count(lite0_dir, tmp_path):
 
 def test_validate_explains_unmatched_folders(lite0_dir, tmp_path):
     data = _image_folder(tmp_path / "val", {"cats": [skimage_data.chelsea()], "cups": [skimage_data.coffee()]})
-    out = run("validate", "--data", data, "--model", f"local-dir:{lite0_dir}", "--workers", "0")
+    out = cli("validate", "--data", data, "--model", f"local-dir:{lite0_dir}", "--workers", "0")
     assert out.returncode == 2 and "do not name the model's classes" in out.stderr
 
 
 @pytest.mark.parametrize("fmt,suffix", [("onnx", "onnx"), ("torchscript", "pt"), ("torch-export", "pt2")])
 def test_export_round_trip(lite0_dir, tmp_path, fmt, suffix):
     target = tmp_path / f"lite0.{suffix}"
-    out = run("export", "--model", f"local-dir:{lite0_dir}", "--format", fmt, "--out", target, "--dynamic-batch",
+    out = cli("export", "--model", f"local-dir:{lite0_dir}", "--format", fmt, "--out", target, "--dynamic-batch",
               "--img-size", "64")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert target.is_file() and "checked against eager PyTorch on a batch of 3" in out.stdout
     rel = float(out.stdout.rsplit("relative ", 1)[1].rstrip(")\n"))
     assert rel < 1e-4, out.stdout
-    again = run("export", "--model", f"local-dir:{lite0_dir}", "--format", fmt, "--out", target)
+    again = cli("export", "--model", f"local-dir:{lite0_dir}", "--format", fmt, "--out", target)
     assert again.returncode == 2 and "--force" in again.stderr
