@@ -39,12 +39,18 @@ def fresh_dynamo():
 
 
 def test_compile_inference_has_no_graph_breaks(b0_pair):
+    """fullgraph=True makes dynamo raise on any graph break; the backend counts the graphs it is handed."""
     ours, x, expected = b0_pair
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
     with torch.no_grad():
-        explained = torch._dynamo.explain(ours)(x)
-        assert explained.graph_break_count == 0, explained.break_reasons
-        assert explained.graph_count == 1
-        assert_rel_close(torch.compile(ours, fullgraph=True, backend="eager", dynamic=False)(x), expected, 1e-5)
+        out = torch.compile(ours, fullgraph=True, backend=counting_backend, dynamic=False)(x)
+    assert len(graphs) == 1
+    assert_rel_close(out, expected, 1e-5)
 
 
 def test_fast_path_compiles_with_dynamic_shapes(b0_pair):

@@ -54,14 +54,14 @@ def metrics(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def uninterrupted(lite0_dir, data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "full"
-    done = run(finetune_args(lite0_dir, data, out, 3, "--model-ema", "--ema-decay", "0.5"))
+    done = run(finetune_args(lite0_dir, data, out, 2, "--model-ema", "--ema-decay", "0.5"))
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
 
 def test_finetune_learns_and_ends_in_a_loadable_folder(uninterrupted, data):
     history = metrics(uninterrupted)
-    assert [m["epoch"] for m in history] == [1, 2, 3]
+    assert [m["epoch"] for m in history] == [1, 2]
     assert history[-1]["train_loss"] < history[0]["train_loss"] and history[-1]["val_loss"] < history[0]["val_loss"]
     assert history[-1]["val_top1"] > 50.0  # better than chance on the held-out images
     folder = uninterrupted / "model"
@@ -79,7 +79,7 @@ def test_finetune_learns_and_ends_in_a_loadable_folder(uninterrupted, data):
 
 def test_sigkill_then_resume_equals_the_uninterrupted_run(lite0_dir, data, uninterrupted, tmp_path):
     out = tmp_path / "killed"
-    args = [EXE, *map(str, finetune_args(lite0_dir, data, out, 3, "--model-ema", "--ema-decay", "0.5"))]
+    args = [EXE, *map(str, finetune_args(lite0_dir, data, out, 2, "--model-ema", "--ema-decay", "0.5"))]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not ((out / "metrics.jsonl").exists() and metrics(out)) and proc.poll() is None and time.time() < deadline:
@@ -88,9 +88,9 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(lite0_dir, data, unint
     proc.wait()
     assert not (out / "model").exists(), "the run finished before it could be killed"
     killed_at = len(metrics(out))
-    assert 1 <= killed_at < 3
+    assert killed_at == 1
 
-    resumed = run(finetune_args(lite0_dir, data, out, 3, "--model-ema", "--ema-decay", "0.5", "--resume"))
+    resumed = run(finetune_args(lite0_dir, data, out, 2, "--model-ema", "--ema-decay", "0.5", "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert metrics(out) == metrics(uninterrupted)
     a, b = load_file(out / "model" / "model.safetensors"), load_file(uninterrupted / "model" / "model.safetensors")

@@ -16,10 +16,11 @@ ODD_SIZES = (225, 161)
 # in channels_last vs NCHW) moves their logits by ~3%. They are compared in float64, where the same rounding is
 # 1e-16 and only a real difference in the computation shows; B0-B5 stay well-conditioned in float32.
 DTYPE = {"b6": torch.float64, "b7": torch.float64}
-# float64 convolutions are slow on CPU: B6/B7 are checked at 224 and 161 (both branches of TF padding; their
-# native 528/600 add minutes and no branch), their features at 161 only; B0-B5 at every size.
-SIZES = {v: (224, 161) if v in DTYPE else (NATIVE[v], *ODD_SIZES) for v in NATIVE}
-FEATURE_SIZES = {v: (161,) if v in DTYPE else (NATIVE[v], 161) for v in NATIVE}
+# float64 convolutions are slow on CPU: B6/B7 are checked at 160 (even at every stride-2 layer: the asymmetric
+# branch of TF padding) and 161 (the symmetric one); their native 528/600 add minutes and no branch. Their
+# features at 64 only (the same feature code B0-B5 check at full size); B0-B5 at every size.
+SIZES = {v: (160, 161) if v in DTYPE else (NATIVE[v], *ODD_SIZES) for v in NATIVE}
+FEATURE_SIZES = {v: (64,) if v in DTYPE else (NATIVE[v], 161) for v in NATIVE}
 
 
 def _pair(variant: str, features_only: bool = False):
