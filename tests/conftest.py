@@ -10,6 +10,10 @@ _HF_CACHE = tempfile.mkdtemp(prefix="effnet_zoo_hf_cache_")
 os.environ["HF_HUB_CACHE"] = _HF_CACHE
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("HF_TOKEN", None)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on this 2-core machine: one thread each (and in their subprocesses),
+    # or OpenMP's spinning threads oversubscribe the cores and everything crawls.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import hashlib  # noqa: E402
 import json  # noqa: E402
