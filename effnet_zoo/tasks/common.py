@@ -31,26 +31,6 @@ def load_pretrained(name: str, **kwargs) -> nn.Module:
     return timm.create_model(name, pretrained=True, **kwargs)
 
 
-def class_names(model: nn.Module) -> list[str]:
-    """Human-readable class names: the model's own labels, else ImageNet's descriptions, else indices."""
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    num_classes = model.num_classes
-    labels = cfg.get("label_names")
-    if labels and len(labels) == num_classes:
-        descriptions = cfg.get("label_descriptions")
-        if isinstance(descriptions, dict):
-            return [descriptions.get(label, label) for label in labels]
-        imagenet = timm.data.ImageNetInfo("imagenet-1k")
-        if set(labels) <= set(imagenet.label_names()):  # synsets, as converted 1000-class models store them
-            return [imagenet.label_name_to_description(label) for label in labels]
-        return list(labels)
-    subset = timm.data.infer_imagenet_subset(model)
-    if subset:
-        info = timm.data.ImageNetInfo(subset)
-        return [info.index_to_description(i) for i in range(num_classes)]
-    return [str(i) for i in range(num_classes)]
-
-
 def class_ids(model: nn.Module) -> list[str] | None:
     """The model's class identifiers (its label names, or ImageNet synsets), to match dataset folders by name."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}
@@ -59,6 +39,19 @@ def class_ids(model: nn.Module) -> list[str] | None:
         return list(labels)
     subset = timm.data.infer_imagenet_subset(model)
     return list(timm.data.ImageNetInfo(subset).label_names()) if subset else None
+
+
+def class_names(model: nn.Module) -> list[str]:
+    """Human-readable class names: the saved descriptions, ImageNet's for synsets, else the ids or indices."""
+    ids = class_ids(model)
+    if ids is None:
+        return [str(i) for i in range(model.num_classes)]
+    descriptions = (getattr(model, "pretrained_cfg", {}) or {}).get("label_descriptions")
+    if isinstance(descriptions, dict):
+        return [descriptions.get(c, c) for c in ids]
+    imagenet = timm.data.ImageNetInfo("imagenet-22k" if len(ids) > 1000 else "imagenet-1k")
+    synsets = set(imagenet.label_names())
+    return [imagenet.label_name_to_description(c) if c in synsets else c for c in ids]
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -6,8 +6,6 @@ has no run-time padding logic and a dynamic batch dimension costs nothing.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import torch
 from timm.data import resolve_data_config
 
+from .._io import atomic_write
 from ..inference import optimize_for_inference
 from .common import load_pretrained
 
@@ -90,21 +89,18 @@ def export(
     if dynamic_batch:  # torch.export specialises a size-1 dim to a constant: trace with 2, any size runs
         batch_size = max(batch_size, 2)
     x = torch.randn(batch_size, chans, height, width, generator=gen)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with torch.inference_mode(False), torch.no_grad():
-            _export_to(fmt, fast, x, tmp, dynamic_batch)
-        # Check against the eager model (not the fast copy), on another batch size when it is dynamic.
-        check = torch.randn(batch_size + 1 if dynamic_batch else batch_size, chans, height, width, generator=gen)
+    # Check against the eager model (not the fast copy), on another batch size when it is dynamic.
+    check = torch.randn(batch_size + 1 if dynamic_batch else batch_size, chans, height, width, generator=gen)
+    with torch.no_grad():
+        expected = model(check)
+    outputs = {}
 
-        with torch.no_grad():
-            expected = model(check)
-            got = _run_exported(fmt, Path(tmp), check).float()
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    def write(tmp: Path) -> None:
+        with torch.inference_mode(False), torch.no_grad():
+            _export_to(fmt, fast, x, str(tmp), dynamic_batch)
+            outputs["got"] = _run_exported(fmt, tmp, check).float()  # the file as written, before it is renamed
+
+    atomic_write(out_path, write)
+    got = outputs["got"]
     diff = (got - expected).abs().max().item()
     return ExportResult(out_path, fmt, tuple(x.shape), diff, diff / expected.abs().max().item(), check.shape[0])

@@ -5,17 +5,18 @@ folder): ``checkpoint.pt`` (written atomically after every epoch: model, optimiz
 ``metrics.jsonl`` (one line per epoch) and, at the end, ``model/`` (model.safetensors + config.json with the
 new class names + README.md) that ``effnet-zoo push`` publishes.
 
-Resuming is exact: every epoch reseeds the RNGs from ``seed + epoch`` (shuffling, augmentation, drop path),
-so a run resumed from the checkpoint of epoch k continues as the uninterrupted run would have.
+Resuming is exact: every epoch reseeds the RNGs from ``--seed``, the epoch and the rank (shuffling,
+augmentation, drop path), so a run resumed from the checkpoint of epoch k continues as the uninterrupted run
+would have.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from timm.utils import ModelEmaV3, random_seed
 from torch import nn
 from tqdm import tqdm
 
-from .._io import atomic_write_text
+from .._io import atomic_write, atomic_write_text
 from ..hub import save_pretrained
 from .common import autocast, load_pretrained, resolve_device
 
@@ -63,7 +64,6 @@ class FinetuneConfig:
     resume: bool = False
     force: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 class _Dist:
@@ -133,17 +133,6 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool) -> dict[
             correct += (logits.argmax(-1) == targets).sum().item()
             seen += targets.numel()
     return {"val_top1": 100.0 * correct / seen, "val_loss": loss / seen}
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _rank_param_diff(model: nn.Module) -> float:
@@ -255,11 +244,12 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
         if env.main:
             metrics.update(evaluate(ema.module if ema is not None else model, val_loader, env.device, cfg.amp))
             history.append(metrics)
-            _save_checkpoint(out / CHECKPOINT, {
+            state = {
                 "epoch": epoch, "updates": updates, "history": history, "classes": classes, "config": asdict(cfg),
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-            })  # fmt: skip
+            }  # fmt: skip
+            atomic_write(out / CHECKPOINT, functools.partial(torch.save, state))  # a kill mid-write keeps the last
             atomic_write_text(out / METRICS, "".join(json.dumps(m) + "\n" for m in history))
             if cfg.progress:
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch")
