@@ -183,6 +183,17 @@ class EfficientNet(nn.Module):
                 f"{tuple(x.shape)}; channels-last images need x.permute(0, 3, 1, 2), other channel counts "
                 "need create_model(..., in_chans=C)"
             )
+        if not x.is_floating_point():
+            raise ValueError(
+                f"expected a floating-point image batch normalised with the model's mean/std, got {x.dtype}; "
+                "preprocess with timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))"
+            )
+        weight_dtype = self.stem.conv.weight.dtype
+        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(
+                f"input dtype {x.dtype} differs from the model's {weight_dtype}; convert one to the other "
+                f"(x.to({weight_dtype}) or model.to({x.dtype})), or run under torch.autocast"
+            )
         min_size = self.feature_info[-1]["reduction"]
         if x.shape[2] < min_size or x.shape[3] < min_size:
             raise ValueError(
@@ -191,9 +202,24 @@ class EfficientNet(nn.Module):
                 "weights were trained at)"
             )
 
+    def _check_values(self, x: torch.Tensor) -> None:
+        """NaN/Inf in the input would only surface as NaN logits; say so where it enters.
+
+        CPU eager only: on CUDA the test would force a host sync every forward, and traced or compiled graphs
+        cannot branch on values.
+        """
+        if x.device.type == "cpu" and not torch.isfinite(x).all():
+            bad = (~torch.isfinite(x)).sum().item()
+            raise ValueError(
+                f"the input holds {bad} NaN/Inf values of {x.numel()}; check the image decoding and normalisation "
+                "that produced it"
+            )
+
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             self._check_input(x)
+            if not (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()):
+                self._check_values(x)
         x = self._unmirror(x)
         if self.cpu_channels_last and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)

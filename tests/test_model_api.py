@@ -123,6 +123,10 @@ def test_bn_follows_tf_defaults():
         (torch.randn(1, 1, 224, 224), r"expected 3 input channels.*got 1"),
         (torch.randn(1, 224, 224, 3), r"expected 3 input channels.*permute"),
         (torch.randn(1, 3, 16, 224), r"16x224 is smaller than the network's total stride.*at least 32x32"),
+        (torch.full((1, 3, 64, 64), 128, dtype=torch.uint8), r"floating-point image batch .*got torch.uint8"),
+        (torch.randn(1, 3, 64, 64, dtype=torch.float64), r"input dtype torch.float64 differs from .*torch.float32"),
+        (torch.randn(1, 3, 64, 64).index_fill_(3, torch.tensor([5]), float("nan")), r"holds 192 NaN/Inf values"),
+        (torch.full((1, 3, 64, 64), float("inf")), r"holds 12288 NaN/Inf values"),
     ],
 )
 def test_bad_inputs_get_clear_errors(x, match):
@@ -134,6 +138,15 @@ def test_bad_inputs_get_clear_errors(x, match):
     features = timm.create_model("effnet_v1_b0", features_only=True)
     with pytest.raises(ValueError, match=match):
         features(x)
+
+
+def test_mixed_precision_input_is_accepted_under_autocast_only():
+    m = timm.create_model("effnet_v1_b0").eval().to(torch.bfloat16)
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="differs from the model's torch.bfloat16"):
+        m(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(m(x)).all()
 
 
 def test_smallest_valid_input_runs():
