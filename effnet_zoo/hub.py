@@ -21,6 +21,7 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 from ._io import atomic_write_text
+from .weights.torch_file import DIGEST_KEY, tensors_digest
 
 # The pretrained_cfg fields timm's own Hub repos carry (source fields such as hf_hub_id are dropped:
 # the repo *is* the source). A fixed list, so the files do not change with timm's dataclass.
@@ -34,6 +35,57 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 class HubPublishError(RuntimeError):
     """Publishing failed (no token, no network, no permission); the local folder is untouched."""
+
+
+def explain_hub_error(error: BaseException, what: str) -> str:
+    """One sentence on why the Hub could not serve ``what`` and what to do, for each failure users meet."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    url = getattr(getattr(error, "response", None), "url", None)
+    cache = f"the local cache ({constants.HF_HUB_CACHE})"
+    if isinstance(error, OfflineModeIsEnabled):
+        return f"{what}: HF_HUB_OFFLINE=1 is set, so the Hub is not contacted; unset it to go online"
+    if isinstance(error, LocalEntryNotFoundError):
+        why = (
+            "HF_HUB_OFFLINE=1 is set"
+            if constants.HF_HUB_OFFLINE
+            else f"the Hub at {constants.ENDPOINT} could not be reached"
+        )
+        return (
+            f"{what}: not in {cache}, and {why}. Connect once (files are cached afterwards), or copy a cache that "
+            "holds it and point HF_HUB_CACHE at it"
+        )
+    if isinstance(error, GatedRepoError):
+        return f"{what}: the repo is gated; accept its terms on the Hub and log in with `hf auth login`"
+    if isinstance(error, RepositoryNotFoundError):
+        return (
+            f"{what}: no such repo on the Hub (or it is private and this machine is not logged in); check the "
+            "name, or log in with `hf auth login`"
+        )
+    if isinstance(error, RevisionNotFoundError):
+        return f"{what}: the repo has no such branch, tag or commit; check the revision"
+    if isinstance(error, EntryNotFoundError):
+        return f"{what}: the repo has no such file ({url or error}); check that it holds a model saved for timm"
+    if isinstance(error, HfHubHTTPError) and status in (401, 403):
+        return (
+            f"{what}: the Hub refused the credentials (HTTP {status}); log in with `hf auth login` or set HF_TOKEN "
+            "to a token with write access to the repo"
+        )
+    if isinstance(error, HfHubHTTPError):
+        return f"{what}: the Hub answered HTTP {status} ({str(error).splitlines()[0]}); try again later"
+    first = str(error).splitlines()[0] if str(error) else ""
+    reason = f"{type(error).__name__}: {first}"
+    return f"{what}: could not reach the Hub at {constants.ENDPOINT} ({reason}); check the network"
 
 
 def _jsonable(value: Any) -> Any:
@@ -177,7 +229,8 @@ def write_model_folder(
             k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).detach().cpu().contiguous()
             for k, v in model.state_dict().items()
         }
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        metadata = {"format": "pt", DIGEST_KEY: tensors_digest(tensors)}
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / CARD_NAME).write_text(card)
         if out.exists():
@@ -269,10 +322,7 @@ def push_to_hub(
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
             info = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)
         except Exception as e:  # huggingface_hub raises many types (auth, offline, HTTP, network)
-            raise HubPublishError(
-                f"could not publish to {repo_id!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
-                "Log in with `hf auth login` (or pass a token with write access), check the network and "
-                "HF_HUB_OFFLINE; nothing local was changed"
-            ) from e
+            what = f"could not publish to {repo_id!r}"
+            raise HubPublishError(f"{explain_hub_error(e, what)}. Nothing local was changed") from e
         plan.url = info.commit_url
         return plan

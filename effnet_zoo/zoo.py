@@ -8,15 +8,19 @@ cache them, and :func:`checkpoint_filter_fn` renames their keys to ours at load 
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any
 
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
+from .hub import explain_hub_error
 from .model import EfficientNet
 from .scaling import LITE_VARIANTS, VARIANTS, Scaling, scaling_from_phi
-from .weights.timm_format import checkpoint_filter_fn
+from .weights.timm_format import checkpoint_filter_fn, source_file
+from .weights.torch_file import CorruptWeightsError, unreadable_safetensors
 
 # Checkpoint sets Google released, and the variants each covers. Order matters: a variant's
 # first tag is its default, matching timm's ``tf_efficientnet_bN`` (best ImageNet top-1 first).
@@ -117,14 +121,20 @@ def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> Effi
             feature_cfg=dict(feature_cls="getter"),
             **kwargs,
         )
-    except (EntryNotFoundError, HfHubHTTPError) as e:
+    except (EntryNotFoundError, HfHubHTTPError, SafetensorError, pickle.UnpicklingError) as e:
         cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
-        source = cfg.hf_hub_id or cfg.file or cfg.url
+        source = cfg.file if cfg.file and cfg.source != "hf-hub" else cfg.hf_hub_id or cfg.url
+        what = f"the pretrained weights of {name}{'.' + cfg.tag if cfg.tag else ''} from {source!r}"
+        if isinstance(e, SafetensorError):
+            path = source_file(cfg.to_dict()) or source
+            raise CorruptWeightsError(f"{what}: {unreadable_safetensors(path, e)}") from e
+        if isinstance(e, pickle.UnpicklingError):
+            raise CorruptWeightsError(
+                f"{what}: refused to unpickle them, since the file asks to run code or build objects beyond plain "
+                f"tensors ({str(e).splitlines()[0]}); nothing from it was executed. Re-save it as safetensors"
+            ) from e
         raise PretrainedWeightsUnavailable(
-            f"could not get the pretrained weights of {name}.{cfg.tag} from {source!r}: {type(e).__name__}. "
-            "Connect to the Hugging Face Hub once (the file is cached afterwards), or copy a cache that holds "
-            "it and point HF_HUB_CACHE at it; with HF_HUB_OFFLINE=1 only cached files are used. "
-            "pretrained=False builds the model with random weights."
+            f"{explain_hub_error(e, what)}. pretrained=False builds the model with random weights"
         ) from e
 
 

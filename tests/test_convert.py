@@ -138,7 +138,7 @@ def _truncate(path: Path, size: int) -> None:
 def test_wrong_variant_is_named(tmp_path):
     ref = timm_reference("tf_efficientnet_b1", seed=1)
     torch.save(ref.state_dict(), tmp_path / "b1.pth")
-    with pytest.raises(ConversionError, match="pass --model effnet_v1_b1"):
+    with pytest.raises(ConversionError, match=r"It fits effnet_v1_b1: .*--model effnet_v1_b1"):
         convert(tmp_path / "b1.pth", "timm", "effnet_v1_b2", tmp_path / "out", model_args={"padding": "same"})
 
 

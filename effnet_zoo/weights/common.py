@@ -50,12 +50,21 @@ def dense_from_tf(kernel: torch.Tensor) -> torch.Tensor:
     return kernel.t().contiguous()
 
 
-def load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], model_name: str) -> None:
-    """Load strictly; on any mismatch, list the first differences and suggest the variant that fits."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    given = {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+def _shapes(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+
+
+def check_fits(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], model_name: str, skip: tuple[str, ...] = ()
+) -> None:
+    """Raise :class:`ConversionError` unless every key and shape matches (keys starting with ``skip`` aside).
+
+    The message lists the first differences and names the registered variant the checkpoint does fit.
+    """
+    expected = {k: s for k, s in _shapes(model.state_dict()).items() if not k.startswith(skip)}
+    given = _shapes(state_dict)
     problems = [f"missing {k} {list(s)}" for k, s in expected.items() if k not in given]
-    problems += [f"unexpected {k} {list(s)}" for k, s in given.items() if k not in expected]
+    problems += [f"unexpected {k} {list(s)}" for k, s in given.items() if k not in expected and not k.startswith(skip)]
     problems += [
         f"{k}: checkpoint {list(given[k])} vs model {list(s)}"
         for k, s in expected.items()
@@ -67,8 +76,17 @@ def load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], model_na
             f"the checkpoint does not fit {model_name} ({len(problems)} differences; first: "
             + "; ".join(problems[:5])
             + ")"
-            + (f". It looks like {hint}: pass --model {hint}" if hint else ". Check --model and --from")
+            + (
+                f". It fits {hint}: create_model('{hint}', ...), or --model {hint} on the command line"
+                if hint
+                else ". Check the model name (--model) and the source format (--from)"
+            )
         )
+
+
+def load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], model_name: str) -> None:
+    """Load strictly; on any mismatch, list the first differences and suggest the variant that fits."""
+    check_fits(model, state_dict, model_name)
     model.load_state_dict({k: v for k, v in state_dict.items() if k in model.state_dict()}, strict=False)
 
 
@@ -80,11 +98,10 @@ def suggest_model(shapes: dict[str, tuple[int, ...]]) -> str | None:
         if arch == "effnet_v1_phi":
             continue
         num_classes = shapes.get("classifier.weight", (1000,))[0]
+        in_chans = shapes.get("stem.conv.weight", (0, 3))[1]
         with torch.device("meta"):
-            model = timm.create_model(arch, num_classes=num_classes)
-        if {
-            k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")
-        } == shapes:
+            model = timm.create_model(arch, num_classes=num_classes, in_chans=in_chans)
+        if _shapes(model.state_dict()) == shapes:
             return arch
     return None
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .common import ConversionError, Converted
-from .torch_file import load_state_dict, read_config
+from .common import ConversionError, Converted, check_fits
+from .torch_file import load_state_dict, read_config, verify_digest
 
 _TOP = {"conv_stem": "stem.conv", "bn1": "stem.bn", "conv_head": "head.conv", "bn2": "head.bn"}
 # Blocks with an expansion conv (timm's InvertedResidual) ...
@@ -64,11 +64,36 @@ def from_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def source_file(pretrained_cfg: dict) -> Path | None:
+    """The local safetensors file timm loads ``pretrained=True`` weights from, in timm's order of sources."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hub_id, file = pretrained_cfg.get("hf_hub_id"), pretrained_cfg.get("file")
+    if pretrained_cfg.get("source") == "local-dir" and file:
+        path = Path(file) / "model.safetensors"
+    elif file and pretrained_cfg.get("source") != "hf-hub":
+        path = Path(file)
+    elif hub_id:
+        cached = try_to_load_from_cache(hub_id, pretrained_cfg.get("hf_hub_filename") or "model.safetensors")
+        path = Path(cached) if isinstance(cached, str) else None
+    else:
+        return None
+    return path if path is not None and path.suffix == ".safetensors" and path.is_file() else None
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """timm ``pretrained_filter_fn``: accept timm-layout checkpoints and our own unchanged."""
+    """timm ``pretrained_filter_fn``: check the file's recorded checksum, accept timm-layout checkpoints and our
+    own, and refuse one of another variant with the variant it does fit (instead of timm's wall of size errors).
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if (path := source_file(cfg)) is not None:
+        verify_digest(state_dict, path)
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]
-    return from_timm(state_dict) if is_timm_layout(state_dict) else state_dict
+    state_dict = from_timm(state_dict) if is_timm_layout(state_dict) else state_dict
+    # timm adapts the classifier (num_classes) and the stem (in_chans) after this filter
+    check_fits(model, state_dict, cfg.get("architecture", type(model).__name__), skip=("classifier.", "stem.conv."))
+    return state_dict
 
 
 def read(src: Path, model: torch.nn.Module) -> Converted:

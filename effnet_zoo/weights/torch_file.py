@@ -1,20 +1,60 @@
-"""Reading PyTorch-side checkpoint files safely: safetensors, or ``torch.load(weights_only=True)``."""
+"""Reading PyTorch-side checkpoint files safely: safetensors, or ``torch.load(weights_only=True)``.
+
+safetensors carries no checksum, so a flipped bit in tensor data loads silently. Every file effnet_zoo writes
+records a CRC32C of its tensors in the safetensors metadata (``effnet_zoo.crc32c``), and every load through
+effnet_zoo (``convert``, ``pretrained=True`` from ``local-dir:``, ``hf-hub:`` or a file) checks it.
+"""
 
 from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .common import ConversionError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "pytorch_model.pth")
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module")
+DIGEST_KEY = "effnet_zoo.crc32c"
+REDO = "delete it and download or convert it again"
+
+
+class CorruptWeightsError(ConversionError):
+    """A weights file that is truncated, damaged, or fails its recorded checksum."""
+
+
+def unreadable_safetensors(path: str | Path, error: Exception) -> CorruptWeightsError:
+    return CorruptWeightsError(f"{path} is not a valid safetensors file, truncated or damaged ({error}); {REDO}")
+
+
+def tensors_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """CRC32C over every tensor's name, dtype, shape and bytes, in key order (hex)."""
+    crc = 0
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        crc = google_crc32c.extend(crc, f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+        crc = google_crc32c.extend(crc, t.reshape(-1).view(torch.uint8).numpy())
+    return f"{crc:08x}"
+
+
+def verify_digest(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Check ``state`` (as loaded from the safetensors file ``path``) against the digest the file records."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            expected = (f.metadata() or {}).get(DIGEST_KEY)
+    except (SafetensorError, OSError) as e:
+        raise unreadable_safetensors(path, e) from e
+    if expected is not None and tensors_digest(state) != expected:
+        raise CorruptWeightsError(
+            f"{path} fails its checksum (recorded {DIGEST_KEY} {expected}): its tensor data is damaged; {REDO}"
+        )
 
 
 def find_weights(src: Path) -> Path:
@@ -52,7 +92,8 @@ def load_state_dict(src: Path) -> dict[str, torch.Tensor]:
         try:
             state = load_file(str(path))
         except (SafetensorError, OSError) as e:
-            raise ConversionError(f"{path} is not a valid safetensors file ({e}): truncated or corrupt?") from e
+            raise unreadable_safetensors(path, e) from e
+        verify_digest(state, path)
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
