@@ -75,7 +75,10 @@ def explain_hub_error(error: BaseException, what: str) -> str:
     if isinstance(error, RevisionNotFoundError):
         return f"{what}: the repo has no such branch, tag or commit; check the revision"
     if isinstance(error, EntryNotFoundError):
-        return f"{what}: the repo has no such file ({url or error}); check that it holds a model saved for timm"
+        return (
+            f"{what}: the repo lacks a file it needs ({url or error}); timm reads config.json and model.safetensors "
+            "(or pytorch_model.bin): check that the repo holds a model saved for timm"
+        )
     if isinstance(error, HfHubHTTPError) and status in (401, 403):
         return (
             f"{what}: the Hub refused the credentials (HTTP {status}); log in with `hf auth login` or set HF_TOKEN "

@@ -20,7 +20,7 @@ from .hub import explain_hub_error
 from .model import EfficientNet
 from .scaling import LITE_VARIANTS, VARIANTS, Scaling, scaling_from_phi
 from .weights.timm_format import checkpoint_filter_fn, source_file
-from .weights.torch_file import CorruptWeightsError, unreadable_safetensors
+from .weights.torch_file import CorruptWeightsError, refused_pickle, unreadable_safetensors
 
 # Checkpoint sets Google released, and the variants each covers. Order matters: a variant's
 # first tag is its default, matching timm's ``tf_efficientnet_bN`` (best ImageNet top-1 first).
@@ -121,21 +121,32 @@ def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> Effi
             feature_cfg=dict(feature_cls="getter"),
             **kwargs,
         )
-    except (EntryNotFoundError, HfHubHTTPError, SafetensorError, pickle.UnpicklingError) as e:
-        cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
-        source = cfg.file if cfg.file and cfg.source != "hf-hub" else cfg.hf_hub_id or cfg.url
-        what = f"the pretrained weights of {name}{'.' + cfg.tag if cfg.tag else ''} from {source!r}"
-        if isinstance(e, SafetensorError):
-            path = source_file(cfg.to_dict()) or source
-            raise CorruptWeightsError(f"{what}: {unreadable_safetensors(path, e)}") from e
-        if isinstance(e, pickle.UnpicklingError):
-            raise CorruptWeightsError(
-                f"{what}: refused to unpickle them, since the file asks to run code or build objects beyond plain "
-                f"tensors ({str(e).splitlines()[0]}); nothing from it was executed. Re-save it as safetensors"
-            ) from e
-        raise PretrainedWeightsUnavailable(
-            f"{explain_hub_error(e, what)}. pretrained=False builds the model with random weights"
-        ) from e
+    except Exception as e:
+        if (error := _load_failure(e, name, kwargs)) is None:
+            raise
+        raise error from e
+
+
+def _load_failure(e: Exception, name: str, kwargs: dict[str, Any]) -> Exception | None:
+    """One clear error for a pretrained load that failed at its source; None for any other failure."""
+    # timm re-raises a refused pickle as RuntimeError("weights_only=True blocked ...") from the UnpicklingError
+    pickled = e if isinstance(e, pickle.UnpicklingError) else e.__cause__
+    if not isinstance(pickled, pickle.UnpicklingError) and not isinstance(
+        e, (EntryNotFoundError, HfHubHTTPError, SafetensorError, CorruptWeightsError)
+    ):
+        return None
+    cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+    source = cfg.file if cfg.file and cfg.source != "hf-hub" else cfg.hf_hub_id or cfg.url
+    what = f"the pretrained weights of {name}{'.' + cfg.tag if cfg.tag else ''} from {source!r}"
+    if isinstance(pickled, pickle.UnpicklingError):
+        return CorruptWeightsError(f"{what}: {refused_pickle(source, pickled)}")
+    if isinstance(e, CorruptWeightsError):  # the checkpoint filter's checksum test
+        return CorruptWeightsError(f"{what}: {e}")
+    if isinstance(e, SafetensorError):
+        return CorruptWeightsError(f"{what}: {unreadable_safetensors(source_file(cfg.to_dict()) or source, e)}")
+    return PretrainedWeightsUnavailable(
+        f"{explain_hub_error(e, what)}. pretrained=False builds the model with random weights"
+    )
 
 
 def _create(name: str, pretrained: bool, **kwargs: Any) -> EfficientNet:

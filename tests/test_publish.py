@@ -55,7 +55,10 @@ def test_dry_run_lists_exactly_the_upload(finetuned, tmp_path):
 def test_push_failure_is_clear_and_keeps_the_folder(finetuned, tmp_path):
     out = effnet_zoo.save_pretrained(finetuned, tmp_path / "fruit", label_names=LABELS)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(HubPublishError, match="could not publish to 'acme/effnet-fruit': HF_HUB_OFFLINE=1 is set.*Nothing local was changed"):
+    with pytest.raises(
+        HubPublishError,
+        match="could not publish to 'acme/effnet-fruit': HF_HUB_OFFLINE=1 is set.*Nothing local was changed",
+    ):
         effnet_zoo.push_to_hub(out, "acme/effnet-fruit")  # offline (conftest): no network, no token
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 

@@ -2,6 +2,8 @@
 weights and real photographs; expected numbers are computed independently in the tests."""
 
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -16,27 +18,46 @@ ESPRESSO, TIGER_CAT, TABBY = "n07920052", "n02123159", "n02123045"
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """A few real photographs, one corrupt file and one CMYK and one grayscale image."""
+    """Real photographs (one CMYK, one grayscale, one 24-megapixel), plus files that are no usable image."""
     root = tmp_path_factory.mktemp("photos")
     Image.fromarray(skimage_data.chelsea()).save(root / "chelsea.png")
     Image.fromarray(skimage_data.coffee()).save(root / "coffee.jpg")
     Image.fromarray(skimage_data.coffee()).convert("CMYK").save(root / "coffee_cmyk.jpg")
     Image.fromarray(skimage_data.camera()).save(root / "camera_gray.png")
+    Image.fromarray(skimage_data.coffee()).resize((6000, 4000)).save(root / "large_coffee.jpg")
     (root / "notes.jpg").write_text("this is not an image")
+    (root / "empty.png").write_bytes(b"")
+    (root / "bomb.png").write_bytes(_png_header(40_000, 40_000))
     return root
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels in a few dozen bytes: a decompression bomb to PIL."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def test_predict_real_photos_skips_a_corrupt_file(lite0_dir, photos):
     out = cli("predict", photos, "--model", f"local-dir:{lite0_dir}", "--topk", "3", "--json")
     assert out.returncode == 0, out.stderr
-    assert "skipped" in out.stderr and "notes.jpg" in out.stderr and "not an image" in out.stderr
     report = json.loads(out.stdout)
     by_name = {p["path"].rsplit("/", 1)[-1]: p["top"] for p in report["predictions"]}
-    assert set(by_name) == {"chelsea.png", "coffee.jpg", "coffee_cmyk.jpg", "camera_gray.png"}
+    assert set(by_name) == {"chelsea.png", "coffee.jpg", "coffee_cmyk.jpg", "camera_gray.png", "large_coffee.jpg"}
     assert by_name["coffee.jpg"][0]["label"] == "espresso" and by_name["coffee.jpg"][0]["probability"] > 0.5
-    assert by_name["coffee_cmyk.jpg"][0]["label"] == "espresso"
+    assert (
+        by_name["coffee_cmyk.jpg"][0]["label"] == "espresso" and by_name["large_coffee.jpg"][0]["label"] == "espresso"
+    )
     assert by_name["chelsea.png"][0]["label"] in {"tiger cat", "tabby, tabby cat", "Egyptian cat"}
-    assert [s["path"].rsplit("/", 1)[-1] for s in report["skipped"]] == ["notes.jpg"]
+    skipped = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in report["skipped"]}
+    assert set(skipped) == {"notes.jpg", "empty.png", "bomb.png"}
+    assert skipped["notes.jpg"] == "not an image file PIL can read" and skipped["empty.png"] == "empty file (0 bytes)"
+    assert skipped["bomb.png"].startswith("too large to decode safely") and "1600000000 pixels" in skipped["bomb.png"]
+    for name, reason in skipped.items():
+        assert f"{name}: {reason}" in out.stderr
     # The same probabilities as timm's own transform + our model, computed here.
     model = timm.create_model(f"local-dir:{lite0_dir}", pretrained=True).eval()
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import timm
 import torch
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 from torch import nn
 
-import effnet_zoo  # noqa: F401  (registers effnet_* with timm)
+from ..hub import explain_hub_error
+from ..zoo import PretrainedWeightsUnavailable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -28,7 +30,10 @@ def load_pretrained(name: str, **kwargs) -> nn.Module:
         tags = timm.list_pretrained(f"{base}.*")
         hint = f"its tags: {', '.join(tags)}" if tags else "see `timm.list_pretrained('effnet_*')`"
         raise ValueError(f"no pretrained weights are registered as {name!r}; {hint}, or pass local-dir:DIR / hf-hub:ID")
-    return timm.create_model(name, pretrained=True, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled) as e:  # fetching an hf-hub: config.json
+        raise PretrainedWeightsUnavailable(explain_hub_error(e, f"could not load {name!r}")) from e
 
 
 def class_ids(model: nn.Module) -> list[str] | None:

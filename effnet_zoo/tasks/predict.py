@@ -38,13 +38,19 @@ class PredictResult:
 
 def open_image(path: Path) -> Image.Image:
     """An RGB image, whatever the file's mode (grayscale, palette, CMYK, alpha); a clear error otherwise."""
+    if path.stat().st_size == 0:
+        raise ValueError("empty file (0 bytes)")
     try:
         with Image.open(path) as img:
             img.load()
             return img.convert("RGB")
     except UnidentifiedImageError as e:
         raise ValueError("not an image file PIL can read") from e
-    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise ValueError(
+            f"too large to decode safely ({e}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
+        ) from e
+    except (OSError, SyntaxError) as e:
         raise ValueError(f"unreadable image ({e})") from e
 
 

@@ -34,6 +34,14 @@ def unreadable_safetensors(path: str | Path, error: Exception) -> CorruptWeights
     return CorruptWeightsError(f"{path} is not a valid safetensors file, truncated or damaged ({error}); {REDO}")
 
 
+def refused_pickle(path: str | Path, error: pickle.UnpicklingError) -> ConversionError:
+    return ConversionError(
+        f"refused to load {path}: it is a pickle that asks to run code or build objects beyond plain tensors "
+        f"({str(error).splitlines()[0]}). Nothing from it was executed. If you trust its origin, re-save it as a "
+        "plain state_dict (torch.save(model.state_dict(), ...)) or as safetensors"
+    )
+
+
 def tensors_digest(state: Mapping[str, torch.Tensor]) -> str:
     """CRC32C over every tensor's name, dtype, shape and bytes, in key order (hex)."""
     crc = 0
@@ -98,11 +106,7 @@ def load_state_dict(src: Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            raise ConversionError(
-                f"refused to load {path}: it is a pickle that asks to run code or build objects beyond plain tensors "
-                f"({str(e).splitlines()[0]}). Nothing from it was executed. If you trust its origin, re-save it as a "
-                "plain state_dict (torch.save(model.state_dict(), ...)) or as safetensors"
-            ) from e
+            raise refused_pickle(path, e) from e
         except (RuntimeError, EOFError, OSError) as e:
             raise ConversionError(f"{path} is not a readable PyTorch checkpoint ({e}): truncated or corrupt?") from e
     return unwrap(state, path)

@@ -1,0 +1,191 @@
+"""Broken and hostile inputs on the weight-loading and Hub paths: each fails with one clear message, runs
+nothing it should not, and leaves the user's files as they were (docs/reliability.md lists every case)."""
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from conftest import add_hub_repo, cli, randomize_bn, timm_reference
+from PIL import Image
+from safetensors.torch import save_file
+
+import effnet_zoo
+from effnet_zoo.tasks.common import load_pretrained
+from effnet_zoo.weights.common import ConversionError
+from effnet_zoo.weights.convert import convert
+from effnet_zoo.weights.torch_file import CorruptWeightsError
+from effnet_zoo.zoo import PretrainedWeightsUnavailable
+
+TINY = dict(width_mult=0.1, depth_mult=0.3)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    """A folder written by effnet_zoo (model.safetensors + config.json + README.md)."""
+    model = randomize_bn(timm.create_model("effnet_v1_b0", num_classes=4, **TINY), seed=5).eval()
+    return effnet_zoo.save_pretrained(model, tmp_path_factory.mktemp("saved") / "tiny")
+
+
+def _data_start(path: Path) -> int:
+    """safetensors: an 8-byte little-endian header length, the JSON header, then the tensor bytes."""
+    return 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "truncated or damaged"),
+    "empty": (lambda p: p.write_bytes(b""), "truncated or damaged"),
+    "header bit flipped": (lambda p: _flip(p, 8), "truncated or damaged"),
+    "data bit flipped": (lambda p: _flip(p, (_data_start(p) + p.stat().st_size) // 2), "fails its checksum"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_safetensors_is_refused_on_every_load_path(saved, tmp_path, damage):
+    hurt, message = DAMAGE[damage]
+    folder = Path(shutil.copytree(saved, tmp_path / "copy"))
+    timm.create_model(f"local-dir:{folder}", pretrained=True)  # intact: loads, checksum verified
+    hurt(folder / "model.safetensors")
+    damaged = (folder / "model.safetensors").read_bytes()
+    with pytest.raises(CorruptWeightsError, match=message):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+    repo = f"acme/damaged-{damage.replace(' ', '-')}"
+    add_hub_repo(repo, {p.name: p.read_bytes() for p in folder.iterdir()})
+    with pytest.raises(CorruptWeightsError, match=f"{repo}.*{message}.*delete it and download"):
+        timm.create_model(f"hf-hub:{repo}", pretrained=True)
+    done = cli("predict", _image(tmp_path), "--model", folder)
+    assert done.returncode == 2 and message in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert (folder / "model.safetensors").read_bytes() == damaged  # nothing rewritten
+
+
+def test_truncated_third_party_safetensors_is_refused_by_convert(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in timm_reference("tf_efficientnet_b0").state_dict().items()}, str(path))
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(CorruptWeightsError, match="not a valid safetensors file, truncated or damaged"):
+        convert(path, "timm", "effnet_v1_b0", tmp_path / "out", model_args={"padding": "same"})
+    assert not (tmp_path / "out").exists()
+
+
+def test_pickle_that_runs_code_is_refused_on_the_pretrained_path(saved, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    shutil.copy(saved / "config.json", folder)
+    torch.save({"stem.conv.weight": torch.zeros(1), "x": Exploit()}, folder / "pytorch_model.bin")
+    with pytest.raises(CorruptWeightsError, match=r"refused to load .*evil.*Nothing from it was executed"):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert not marker.exists()
+
+
+def test_weights_of_another_variant_name_the_one_they_fit(tmp_path):
+    b1 = timm.create_model("effnet_v1_b1")
+    path = tmp_path / "b1.safetensors"
+    save_file(b1.state_dict(), str(path))
+    for kwargs in ({}, {"num_classes": 10}):  # fine-tuning a new head does not hide the mismatch
+        with pytest.raises(ConversionError) as info:
+            timm.create_model("effnet_v1_b2", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        message = str(info.value)
+        assert "does not fit effnet_v1_b2" in message and "It fits effnet_v1_b1" in message
+        # stage 2 is 40 channels wide in B1, 48 in B2 (round_filters(40 * 1.1) in the paper's code)
+        assert "first: blocks.2.0.project.conv.weight: checkpoint [40, 144, 1, 1] vs model [48, 144, 1, 1]" in message
+    # and the same file for the right variant loads, exactly
+    ours = timm.create_model("effnet_v1_b1", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), b1.state_dict().values(), strict=True))
+
+
+def test_failed_forced_conversion_keeps_the_previous_output(tmp_path):
+    src = tmp_path / "w.pth"
+    torch.save(timm_reference("tf_efficientnet_b0", seed=3).state_dict(), src)
+    out = tmp_path / "out"
+    convert(src, "timm", "effnet_v1_b0", out, model_args={"padding": "same"})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    src.write_bytes(src.read_bytes()[:5000])
+    with pytest.raises(ConversionError, match="truncated or corrupt"):
+        convert(src, "timm", "effnet_v1_b0", out, model_args={"padding": "same"}, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "w.pth"]  # no temporary leftovers
+
+
+# ---- the Hub: offline, missing repo, missing file, refused token --------------------------------------------
+
+
+def _image(folder: Path) -> Path:
+    path = folder / "gray.png"
+    Image.new("L", (40, 30), 128).save(path)
+    return path
+
+
+def test_offline_without_a_cached_copy(saved, tmp_path):
+    for name, cached in (("hf-hub:acme/never-downloaded", False), ("hf-hub:acme/config-only", True)):
+        if cached:
+            add_hub_repo("acme/config-only", {"config.json": (saved / "config.json").read_bytes()})
+        with pytest.raises(PretrainedWeightsUnavailable, match="not in the local cache .*HF_HUB_OFFLINE=1 is set"):
+            load_pretrained(name)
+        done = cli("predict", _image(tmp_path), "--model", name)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and "HF_HUB_CACHE" in done.stderr
+
+
+def test_hub_errors_online(saved, tmp_path):
+    """huggingface_hub's real client against a local server that answers as the Hub does on failure."""
+    import hub_errors_server
+
+    server, endpoint = hub_errors_server.start()
+    push_src = Path(shutil.copytree(saved, tmp_path / "to-push"))
+    before = {p.name: p.read_bytes() for p in push_src.iterdir()}
+    image = str(_image(tmp_path))
+    cases = {
+        "missing repo": ["predict", image, "--model", "hf-hub:acme/no-such-repo"],
+        "missing file": ["predict", image, "--model", "hf-hub:acme/no-weights"],
+        "missing tag repo": ["predict", image, "--model", "effnet_v1_b1.aa_in1k"],
+        "refused token": ["push", str(push_src), "--repo-id", "acme/fruit"],
+    }
+    script = (
+        "import contextlib, io, json, sys\n"
+        "from effnet_zoo.cli import main\n"
+        "out = {}\n"
+        "for name, argv in json.loads(sys.argv[1]).items():\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        out[name] = [main(argv), err.getvalue()]\n"
+        "print(json.dumps(out))\n"
+    )
+    env = dict(os.environ, HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0", HF_HUB_CACHE=tempfile.mkdtemp(dir=tmp_path),
+               HF_TOKEN="hf_rejected_by_the_server", HF_HUB_DISABLE_TELEMETRY="1")  # fmt: skip
+    try:
+        done = subprocess.run([sys.executable, "-c", script, json.dumps(cases)], env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    expected = {
+        "missing repo": "could not load 'hf-hub:acme/no-such-repo': no such repo on the Hub",
+        "missing file": "from 'acme/no-weights': the repo lacks a file it needs",
+        "missing tag repo": "effnet_v1_b1.aa_in1k from 'timm/tf_efficientnet_b1.aa_in1k': no such repo on the Hub",
+        "refused token": "could not publish to 'acme/fruit': the Hub refused the credentials (HTTP 401)",
+    }
+    for name, text in expected.items():
+        code, stderr = results[name]
+        assert code == 2 and text in stderr, (name, stderr)
+        assert stderr.count("\n") == 1 and "Traceback" not in stderr, (name, stderr)
+    assert {p.name: p.read_bytes() for p in push_src.iterdir()} == before
