@@ -95,6 +95,19 @@ def _fields(buf: bytes | memoryview, what: str) -> list[tuple[int, int | bytes]]
     return out
 
 
+def _int(value: int | bytes, what: str) -> int:
+    """A varint/fixed field's value; a length-delimited one where a number belongs means a corrupt record."""
+    if not isinstance(value, int):
+        raise CheckpointError(f"a numeric field of {what} holds bytes: the record is corrupt")
+    return value
+
+
+def _message(value: int | bytes, what: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise CheckpointError(f"a message field of {what} holds a number: the record is corrupt")
+    return value
+
+
 def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
@@ -117,17 +130,17 @@ class BundleEntry:
         dtype, shape, shard, offset, size, crc = 0, (), 0, 0, 0, None
         for field, value in _fields(data, what):
             if field == 1:
-                dtype = int(value)
+                dtype = _int(value, what)
             elif field == 2:
-                shape = _parse_shape(value, what)  # type: ignore[arg-type]
+                shape = _parse_shape(_message(value, what), what)
             elif field == 3:
-                shard = int(value)
+                shard = _int(value, what)
             elif field == 4:
-                offset = _signed64(int(value))
+                offset = _signed64(_int(value, what))
             elif field == 5:
-                size = _signed64(int(value))
+                size = _signed64(_int(value, what))
             elif field == 6:
-                crc = int(value)
+                crc = _int(value, what)
             elif field == 7:
                 raise CheckpointError(f"{name!r} is a partitioned (sliced) variable; these are not supported")
         if offset < 0 or size < 0 or shard < 0:
@@ -140,9 +153,9 @@ def _parse_shape(data: bytes, what: str) -> tuple[int, ...]:
     for field, value in _fields(data, what):
         if field == 2:  # Dim
             size = 0
-            for f, v in _fields(value, what):  # type: ignore[arg-type]
+            for f, v in _fields(_message(value, what), what):
                 if f == 1:
-                    size = _signed64(int(v))
+                    size = _signed64(_int(v, what))
             if size < 0:
                 raise CheckpointError(f"unknown or negative dimension in {what}")
             dims.append(size)
@@ -219,7 +232,7 @@ def read_index(index_path: Path) -> tuple[int, dict[str, BundleEntry]]:
             if key == b"":  # BundleHeaderProto
                 for field, v in _fields(value, "the checkpoint header"):
                     if field == 1:
-                        num_shards = int(v)
+                        num_shards = _int(v, "the checkpoint header")
                     elif field == 2 and v != 0:
                         raise CheckpointError("the checkpoint was written big-endian; only little-endian is supported")
                 continue
