@@ -113,6 +113,20 @@ def test_weights_of_another_variant_name_the_one_they_fit(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), b1.state_dict().values(), strict=True))
 
 
+def test_flat_numbered_source_of_another_variant_names_the_one_it_fits(tmp_path):
+    """efficientnet_pytorch numbers blocks 0..N-1: a B3 file given as B1 fails on block count, not on a shape."""
+    from efficientnet_pytorch import EfficientNet as LukeEfficientNet
+
+    torch.save(LukeEfficientNet.from_name("efficientnet-b3").state_dict(), tmp_path / "b3.pth")
+    with pytest.raises(ConversionError, match="The checkpoint fits effnet_v1_b3: pass --model effnet_v1_b3") as info:
+        convert(tmp_path / "b3.pth", "lukemelas", "effnet_v1_b1", tmp_path / "out")
+    assert "66 keys are not part of a efficientnet_pytorch EfficientNet of this size" in str(info.value)
+    # a TensorFlow checkpoint of no registered size: the error says so, without a wrong suggestion
+    with pytest.raises(ConversionError, match="blocks but the model has 16: check --model$"):
+        convert(Path(__file__).parent / "fixtures" / "tiny_tf1", "tf-ckpt", "effnet_v1_b0", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_failed_forced_conversion_keeps_the_previous_output(tmp_path):
     src = tmp_path / "w.pth"
     torch.save(timm_reference("tf_efficientnet_b0", seed=3).state_dict(), src)

@@ -12,7 +12,14 @@ BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 
 
 class ConversionError(ValueError):
-    """A source checkpoint that cannot become the requested model; the message says why and what to do."""
+    """A source checkpoint that cannot become the requested model; the message says why and what to do.
+
+    ``fits`` names the registered variant the checkpoint does fit, when that is known.
+    """
+
+    def __init__(self, message: str, fits: str | None = None) -> None:
+        super().__init__(message)
+        self.fits = fits
 
 
 @dataclass
@@ -50,7 +57,7 @@ def dense_from_tf(kernel: torch.Tensor) -> torch.Tensor:
     return kernel.t().contiguous()
 
 
-def _shapes(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+def shapes_of(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
 
 
@@ -61,8 +68,8 @@ def check_fits(
 
     The message lists the first differences and names the registered variant the checkpoint does fit.
     """
-    expected = {k: s for k, s in _shapes(model.state_dict()).items() if not k.startswith(skip)}
-    given = _shapes(state_dict)
+    expected = {k: s for k, s in shapes_of(model.state_dict()).items() if not k.startswith(skip)}
+    given = shapes_of(state_dict)
     problems = [f"missing {k} {list(s)}" for k, s in expected.items() if k not in given]
     problems += [f"unexpected {k} {list(s)}" for k, s in given.items() if k not in expected and not k.startswith(skip)]
     problems += [
@@ -80,7 +87,8 @@ def check_fits(
                 f". It fits {hint}: create_model('{hint}', ...), or --model {hint} on the command line"
                 if hint
                 else ". Check the model name (--model) and the source format (--from)"
-            )
+            ),
+            fits=hint,
         )
 
 
@@ -90,20 +98,22 @@ def load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], model_na
     model.load_state_dict({k: v for k, v in state_dict.items() if k in model.state_dict()}, strict=False)
 
 
-def suggest_model(shapes: dict[str, tuple[int, ...]]) -> str | None:
-    """The registered variant whose every parameter shape matches (built on the meta device)."""
+def fits(arch: str, shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Whether ``arch`` (built on the meta device, head and stem sized as given) has exactly these shapes."""
     import timm
 
-    for arch in timm.list_models("effnet_*"):
-        if arch == "effnet_v1_phi":
-            continue
-        num_classes = shapes.get("classifier.weight", (1000,))[0]
-        in_chans = shapes.get("stem.conv.weight", (0, 3))[1]
-        with torch.device("meta"):
-            model = timm.create_model(arch, num_classes=num_classes, in_chans=in_chans)
-        if _shapes(model.state_dict()) == shapes:
-            return arch
-    return None
+    num_classes = shapes.get("classifier.weight", (1000,))[0]
+    in_chans = shapes.get("stem.conv.weight", (0, 3))[1]
+    with torch.device("meta"):
+        model = timm.create_model(arch, num_classes=num_classes, in_chans=in_chans)
+    return shapes_of(model.state_dict()) == shapes
+
+
+def suggest_model(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The registered variant whose every parameter shape matches."""
+    import timm
+
+    return next((a for a in timm.list_models("effnet_*") if a != "effnet_v1_phi" and fits(a, shapes)), None)
 
 
 def map_modules(state_dict: dict[str, torch.Tensor], pairs: list[tuple[str, str]], fmt: str) -> dict[str, torch.Tensor]:

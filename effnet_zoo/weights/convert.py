@@ -7,6 +7,7 @@ written into a temporary folder beside ``out`` and renamed into place, so it is 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,8 @@ from torch import nn
 
 from ..hub import DTYPES, export_config, model_card, write_model_folder
 from . import keras_h5, lukemelas, seed, tf_ckpt, timm_format, torchvision_format, transformers_format
-from .common import ConversionError, Converted, load_checked
+from .common import ConversionError, Converted, fits, load_checked, shapes_of
+from .torch_file import CorruptWeightsError
 
 FORMATS: dict[str, Callable[[Path, nn.Module], Converted]] = {
     "tf-ckpt": tf_ckpt.read,
@@ -71,7 +73,12 @@ def convert(
 
     with torch.device("meta"):  # the block structure, to map flat source numbering onto it
         skeleton = timm.create_model(arch, **user_args)
-    converted = FORMATS[fmt](src, skeleton)
+    try:
+        converted = FORMATS[fmt](src, skeleton)
+    except ConversionError as e:
+        if isinstance(e, CorruptWeightsError) or (other := fitting_variant(fmt, src, exclude=arch)) is None:
+            raise
+        raise ConversionError(f"{e}. The checkpoint fits {other}: pass --model {other}", fits=other) from e
     args = {k: v for k, v in converted.model_args.items() if v is not None}
     args.update(user_args)
     if "padding" not in args:
@@ -98,6 +105,28 @@ def convert(
         raise ConversionError(str(e)) from e
     result.files = sorted(p.name for p in out.iterdir())
     return result
+
+
+def fitting_variant(fmt: str, src: Path, exclude: str) -> str | None:
+    """The registered variant a checkpoint maps onto with every shape right (each tried on the meta device).
+
+    Sources that number blocks flat (TF, Keras, torchvision, ...) fail on a wrong variant before any shape is
+    compared, so each variant's block structure is tried in turn; only on this error path.
+    """
+    for arch in timm.list_models("effnet_*"):
+        if arch in (exclude, "effnet_v1_phi"):
+            continue
+        with torch.device("meta"):
+            skeleton = timm.create_model(arch)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                converted = FORMATS[fmt](src, skeleton)
+        except ConversionError:
+            continue
+        if fits(arch, shapes_of(converted.state_dict)):
+            return arch
+    return None
 
 
 def verify_against_source(fmt: str, src: Path, model: nn.Module, model_name: str) -> tuple[float | None, str]:
