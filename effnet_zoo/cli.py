@@ -119,10 +119,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from .tasks.predict import report_skip
     from .tasks.validate import format_result, validate
 
     result = validate(args.data, args.model, args.batch_size, args.amp, args.channels_last, args.device,
-                      args.workers, progress=not args.json)  # fmt: skip
+                      args.workers, progress=not args.json, on_skip=report_skip)  # fmt: skip
     print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
     return 0
 

@@ -98,10 +98,19 @@ def test_validate_matches_an_independent_count(lite0_dir, tmp_path):
     # tabby holds cat photos too: the model may say "tiger cat" for them, so accuracy is not trivially 100%.
     data = _image_folder(tmp_path / "val", {TIGER_CAT: _variants(cat), ESPRESSO: _variants(coffee),
                                            TABBY: _variants(cat)[:2]})  # fmt: skip
+    # files that are no image: skipped and named, not counted (timm's dataset would count a neighbour twice)
+    broken = {data / ESPRESSO / "empty.png": (b"", "empty file (0 bytes)"),
+              data / TABBY / "notes.jpg": (b"not an image", "not an image file PIL can read")}  # fmt: skip
+    for path, (content, _) in broken.items():
+        path.write_bytes(content)
     out = cli("validate", "--data", data, "--model", f"local-dir:{lite0_dir}", "--batch-size", "4",
               "--workers", "0", "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
+    assert sorted(got["skipped"]) == sorted([str(path), why] for path, (_, why) in broken.items())
+    assert all(f"skipped {path}" in out.stderr for path in broken)
+    for path in broken:
+        path.unlink()
 
     model = timm.create_model(f"local-dir:{lite0_dir}", pretrained=True).eval()
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from pathlib import Path
 
 import timm
 import torch
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from ..hub import explain_hub_error
@@ -57,6 +59,25 @@ def class_names(model: nn.Module) -> list[str]:
     imagenet = timm.data.ImageNetInfo("imagenet-22k" if len(ids) > 1000 else "imagenet-1k")
     synsets = set(imagenet.label_names())
     return [imagenet.label_name_to_description(c) if c in synsets else c for c in ids]
+
+
+def open_image(source: Path | bytes) -> Image.Image:
+    """An RGB image from a file or its bytes, whatever its mode (grayscale, palette, CMYK, alpha); else a
+    ValueError saying what is wrong: empty, not an image, damaged, or too large to decode safely."""
+    if (len(source) if isinstance(source, bytes) else source.stat().st_size) == 0:
+        raise ValueError("empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            img.load()
+            return img.convert("RGB")
+    except UnidentifiedImageError as e:
+        raise ValueError("not an image file PIL can read") from e
+    except Image.DecompressionBombError as e:
+        raise ValueError(
+            f"too large to decode safely ({e}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
+        ) from e
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"unreadable image ({e})") from e
 
 
 def resolve_device(device: str | None) -> torch.device:

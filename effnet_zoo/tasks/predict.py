@@ -8,9 +8,8 @@ from pathlib import Path
 
 import timm
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from .common import class_names, expand_image_paths, load_pretrained, resolve_device
+from .common import class_names, expand_image_paths, load_pretrained, open_image, resolve_device
 
 
 @dataclass
@@ -34,24 +33,6 @@ class PredictResult:
             ],
             "skipped": [{"path": p, "reason": why} for p, why in self.skipped],
         }
-
-
-def open_image(path: Path) -> Image.Image:
-    """An RGB image, whatever the file's mode (grayscale, palette, CMYK, alpha); a clear error otherwise."""
-    if path.stat().st_size == 0:
-        raise ValueError("empty file (0 bytes)")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except UnidentifiedImageError as e:
-        raise ValueError("not an image file PIL can read") from e
-    except Image.DecompressionBombError as e:
-        raise ValueError(
-            f"too large to decode safely ({e}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
-        ) from e
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"unreadable image ({e})") from e
 
 
 def predict(

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from timm.data import create_dataset, create_loader, resolve_data_config
 from tqdm import tqdm
 
-from .common import autocast, class_ids, load_pretrained, resolve_device
+from .common import autocast, class_ids, load_pretrained, open_image, resolve_device
 
 
 @dataclass
@@ -24,6 +25,7 @@ class ValidateResult:
     img_per_s: float
     device: str
     amp: bool
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why): unreadable, not counted
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -50,6 +52,25 @@ def folder_class_map(folder_classes: list[str], model: torch.nn.Module) -> list[
     )
 
 
+class _DecodedHere(torch.utils.data.Dataset):
+    """timm's folder dataset read as bytes and decoded here. An unreadable image comes back marked with its
+    reason and is left out of the counts; timm's dataset would substitute the next image, counting it twice."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, input_size: tuple[int, int, int]) -> None:
+        self.dataset, self.input_size = dataset, input_size
+        self.transform: Callable | None = None  # set by timm's create_loader
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
+        raw, target = self.dataset[index]
+        try:
+            return self.transform(open_image(raw)), target, index, ""
+        except ValueError as e:
+            return torch.zeros(self.input_size), target, index, str(e)
+
+
 def validate(
     data: str,
     model_name: str,
@@ -59,6 +80,7 @@ def validate(
     device: str | None = None,
     workers: int = 2,
     progress: bool = True,
+    on_skip: Callable[[Path, Exception], None] | None = None,
 ) -> ValidateResult:
     root = Path(data)
     if not root.is_dir():
@@ -67,21 +89,34 @@ def validate(
     model = load_pretrained(model_name).eval().to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    dataset = create_dataset("", root=str(root), split="")
-    if len(dataset) == 0:
+    files = create_dataset("", root=str(root), split="", load_bytes=True)
+    if len(files) == 0:
         raise ValueError(f"no images found under {data!r}; expected DIR/<class>/<image>")
-    target_map = torch.tensor(folder_class_map(list(dataset.reader.class_to_idx), model), device=dev)
+    target_map = torch.tensor(folder_class_map(list(files.reader.class_to_idx), model), device=dev)
     cfg = resolve_data_config({}, model=model)
+    decoded = _DecodedHere(files, cfg["input_size"])
     loader = create_loader(
-        dataset, input_size=cfg["input_size"], batch_size=batch_size, interpolation=cfg["interpolation"],
+        decoded, input_size=cfg["input_size"], batch_size=batch_size, interpolation=cfg["interpolation"],
         mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"], crop_mode=cfg.get("crop_mode"),
         num_workers=workers, use_prefetcher=False, device=dev, persistent_workers=False,
     )  # fmt: skip
     correct1 = correct5 = seen = 0
     loss_sum = 0.0
+    skipped: list[tuple[str, str]] = []
     start = time.perf_counter()
     with torch.inference_mode():
-        for images, targets in tqdm(loader, desc=f"validate {model_name}", unit="batch", disable=not progress):
+        for images, targets, indices, reasons in tqdm(loader, desc=f"validate {model_name}", unit="batch",
+                                                      disable=not progress):  # fmt: skip
+            for index, reason in zip(indices.tolist(), reasons, strict=True):
+                if reason:
+                    path = Path(files.reader.filename(index, absolute=True))
+                    skipped.append((str(path), reason))
+                    if on_skip:
+                        on_skip(path, ValueError(reason))
+            readable = torch.tensor([not r for r in reasons])
+            if not readable.any():
+                continue
+            images, targets = images[readable], targets[readable]
             images = images.to(dev)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -96,9 +131,11 @@ def validate(
             correct5 += hits.any(-1).sum().item()
             seen += targets.numel()
     elapsed = time.perf_counter() - start
+    if seen == 0:
+        raise ValueError(f"none of the {len(files)} files under {data!r} is a readable image")
     return ValidateResult(
         model=model_name, data=str(root), num_images=seen, top1=100.0 * correct1 / seen, top5=100.0 * correct5 / seen,
-        loss=loss_sum / seen, img_per_s=seen / elapsed, device=str(dev), amp=amp,
+        loss=loss_sum / seen, img_per_s=seen / elapsed, device=str(dev), amp=amp, skipped=skipped,
     )  # fmt: skip
 
 
@@ -106,6 +143,7 @@ def format_result(r: ValidateResult) -> str:
     return (
         f"{r.model} on {r.data}: top-1 {r.top1:.3f}%  top-5 {r.top5:.3f}%  loss {r.loss:.4f}  "
         f"({r.num_images} images, {r.img_per_s:.1f} img/s on {r.device}{', bf16 autocast' if r.amp else ''})"
+        + (f"; {len(r.skipped)} unreadable files skipped, not counted" if r.skipped else "")
     )
 
 
