@@ -203,3 +203,20 @@ def test_hub_errors_online(saved, tmp_path):
         assert code == 2 and text in stderr, (name, stderr)
         assert stderr.count("\n") == 1 and "Traceback" not in stderr, (name, stderr)
     assert {p.name: p.read_bytes() for p in push_src.iterdir()} == before
+
+
+def test_an_interrupted_write_leaves_the_previous_file(tmp_path):
+    """Checkpoints, exports and config files go through atomic_write: a failure mid-write changes nothing."""
+    from effnet_zoo._io import atomic_write
+
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"previous, complete")
+
+    def dies_half_way(tmp: Path) -> None:
+        tmp.write_bytes(b"half of the new")
+        raise KeyboardInterrupt  # what Ctrl-C does at this point
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, dies_half_way)
+    assert target.read_bytes() == b"previous, complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

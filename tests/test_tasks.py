@@ -41,7 +41,7 @@ def _png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
-def test_predict_real_photos_skips_a_corrupt_file(lite0_dir, photos):
+def test_predict_real_photos_and_skip_unreadable_files(lite0_dir, photos):
     out = cli("predict", photos, "--model", f"local-dir:{lite0_dir}", "--topk", "3", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
