@@ -183,16 +183,21 @@ class EfficientNet(nn.Module):
                 f"{tuple(x.shape)}; channels-last images need x.permute(0, 3, 1, 2), other channel counts "
                 "need create_model(..., in_chans=C)"
             )
-        if not x.is_floating_point():
+        if not (x.is_floating_point() or x.is_quantized):
             raise ValueError(
                 f"expected a floating-point image batch normalised with the model's mean/std, got {x.dtype}; "
                 "preprocess with timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))"
             )
-        weight_dtype = self.stem.conv.weight.dtype
-        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+        weight = getattr(self.stem.conv, "weight", None)  # a method, not a tensor, once quantized
+        if (
+            isinstance(weight, torch.Tensor)
+            and x.is_floating_point()
+            and x.dtype != weight.dtype
+            and not torch.is_autocast_enabled(x.device.type)
+        ):
             raise ValueError(
-                f"input dtype {x.dtype} differs from the model's {weight_dtype}; convert one to the other "
-                f"(x.to({weight_dtype}) or model.to({x.dtype})), or run under torch.autocast"
+                f"input dtype {x.dtype} differs from the model's {weight.dtype}; convert one to the other "
+                f"(x.to({weight.dtype}) or model.to({x.dtype})), or run under torch.autocast"
             )
         min_size = self.feature_info[-1]["reduction"]
         if x.shape[2] < min_size or x.shape[3] < min_size:

@@ -7,6 +7,7 @@ cache them, and :func:`checkpoint_filter_fn` renames their keys to ours at load 
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 from typing import Any
@@ -117,7 +118,7 @@ def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> Effi
             EfficientNet,
             name,
             pretrained,
-            pretrained_filter_fn=checkpoint_filter_fn,
+            pretrained_filter_fn=functools.partial(checkpoint_filter_fn, strict=kwargs.get("pretrained_strict", True)),
             feature_cfg=dict(feature_cls="getter"),
             **kwargs,
         )

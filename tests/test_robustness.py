@@ -113,6 +113,18 @@ def test_weights_of_another_variant_name_the_one_they_fit(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), b1.state_dict().values(), strict=True))
 
 
+def test_partial_checkpoint_is_refused_unless_timms_pretrained_strict_is_off(tmp_path):
+    full = timm.create_model("effnet_v1_b0", **TINY)
+    path = tmp_path / "no_head.safetensors"
+    save_file({k: v for k, v in full.state_dict().items() if not k.startswith("head.")}, str(path))
+    overlay = dict(file=str(path))
+    with pytest.raises(ConversionError, match=r"5 differences; first: missing head.conv.weight \[128, 32, 1, 1\]"):
+        timm.create_model("effnet_v1_b0", pretrained=True, pretrained_cfg_overlay=overlay, **TINY)
+    part = timm.create_model("effnet_v1_b0", pretrained=True, pretrained_cfg_overlay=overlay, pretrained_strict=False,
+                             **TINY)  # fmt: skip
+    assert torch.equal(part.blocks[-1][-1].project.conv.weight, full.blocks[-1][-1].project.conv.weight)
+
+
 def test_flat_numbered_source_of_another_variant_names_the_one_it_fits(tmp_path):
     """efficientnet_pytorch numbers blocks 0..N-1: a B3 file given as B1 fails on block count, not on a shape."""
     from efficientnet_pytorch import EfficientNet as LukeEfficientNet

@@ -81,9 +81,12 @@ def source_file(pretrained_cfg: dict) -> Path | None:
     return path if path is not None and path.suffix == ".safetensors" and path.is_file() else None
 
 
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def checkpoint_filter_fn(
+    state_dict: dict[str, torch.Tensor], model: torch.nn.Module, strict: bool = True
+) -> dict[str, torch.Tensor]:
     """timm ``pretrained_filter_fn``: check the file's recorded checksum, accept timm-layout checkpoints and our
     own, and refuse one of another variant with the variant it does fit (instead of timm's wall of size errors).
+    ``strict=False`` (timm's ``pretrained_strict=False``) leaves partial loads to timm.
     """
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if (path := source_file(cfg)) is not None:
@@ -92,7 +95,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: torch.nn.Mo
         state_dict = state_dict["state_dict"]
     state_dict = from_timm(state_dict) if is_timm_layout(state_dict) else state_dict
     # timm adapts the classifier (num_classes) and the stem (in_chans) after this filter
-    check_fits(model, state_dict, cfg.get("architecture", type(model).__name__), skip=("classifier.", "stem.conv."))
+    if strict:
+        check_fits(model, state_dict, cfg.get("architecture", type(model).__name__), skip=("classifier.", "stem.conv."))
     return state_dict
 
 
