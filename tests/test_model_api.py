@@ -149,6 +149,14 @@ def test_mixed_precision_input_is_accepted_under_autocast_only():
         assert torch.isfinite(m(x)).all()
 
 
+def test_finite_values_whose_sum_overflows_are_not_taken_for_inf():
+    m = timm.create_model("effnet_v1_b0").eval()
+    x = torch.full((1, 3, 32, 32), 3e38)
+    assert torch.isinf(x.sum()) and torch.isfinite(x).all()
+    with torch.no_grad():
+        m(x)  # no ValueError: the values are finite (what the network makes of them is the caller's affair)
+
+
 def test_smallest_valid_input_runs():
     m = timm.create_model("effnet_v1_b0").eval()
     with torch.no_grad():
