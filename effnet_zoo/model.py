@@ -126,7 +126,13 @@ class EfficientNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """TF's initialisers: conv normal(0, sqrt(2 / fan_out)), dense uniform(+-1/sqrt(fan_out))."""
+        """TF's initialisers: conv normal(0, sqrt(2 / fan_out)), dense uniform(+-1/sqrt(fan_out)).
+
+        Skipped on the meta device (structure-only builds: converters, suggestions, summaries), where there are no
+        values to set and torch's reference ``normal_`` would take most of the build time.
+        """
+        if self.stem.conv.weight.is_meta:
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups

@@ -21,6 +21,7 @@ import effnet_zoo
 from effnet_zoo.tasks.common import load_pretrained
 from effnet_zoo.weights.common import ConversionError
 from effnet_zoo.weights.convert import convert
+from effnet_zoo.weights.tf_bundle import CheckpointError
 from effnet_zoo.weights.torch_file import CorruptWeightsError
 from effnet_zoo.zoo import PretrainedWeightsUnavailable
 
@@ -140,16 +141,16 @@ def test_flat_numbered_source_of_another_variant_names_the_one_it_fits(tmp_path)
 
 
 def test_failed_forced_conversion_keeps_the_previous_output(tmp_path):
-    src = tmp_path / "w.pth"
-    torch.save(timm_reference("tf_efficientnet_b0", seed=3).state_dict(), src)
+    src = Path(shutil.copytree(Path(__file__).parent / "fixtures" / "tiny_tf1", tmp_path / "ckpt"))
     out = tmp_path / "out"
-    convert(src, "timm", "effnet_v1_b0", out, model_args={"padding": "same"})
+    convert(src, "tf-ckpt", "effnet_v1_b0", out, model_args=TINY)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    src.write_bytes(src.read_bytes()[:5000])
-    with pytest.raises(ConversionError, match="truncated or corrupt"):
-        convert(src, "timm", "effnet_v1_b0", out, model_args={"padding": "same"}, force=True)
+    shard = src / "model.ckpt.data-00000-of-00001"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="the shard is truncated"):
+        convert(src, "tf-ckpt", "effnet_v1_b0", out, model_args=TINY, force=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "w.pth"]  # no temporary leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]  # no temporary leftovers
 
 
 # ---- the Hub: offline, missing repo, missing file, refused token --------------------------------------------
