@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import pickle
 from typing import Any
 
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
@@ -21,7 +20,7 @@ from .hub import explain_hub_error
 from .model import EfficientNet
 from .scaling import LITE_VARIANTS, VARIANTS, Scaling, scaling_from_phi
 from .weights.timm_format import checkpoint_filter_fn, source_file
-from .weights.torch_file import CorruptWeightsError, refused_pickle, unreadable_safetensors
+from .weights.torch_file import CorruptWeightsError, raised_by_torch_load, torch_load_error, unreadable_safetensors
 
 # Checkpoint sets Google released, and the variants each covers. Order matters: a variant's
 # first tag is its default, matching timm's ``tf_efficientnet_bN`` (best ImageNet top-1 first).
@@ -130,17 +129,19 @@ def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> Effi
 
 def _load_failure(e: Exception, name: str, kwargs: dict[str, Any]) -> Exception | None:
     """One clear error for a pretrained load that failed at its source; None for any other failure."""
-    # timm re-raises a refused pickle as RuntimeError("weights_only=True blocked ...") from the UnpicklingError
-    pickled = e if isinstance(e, pickle.UnpicklingError) else e.__cause__
-    if not isinstance(pickled, pickle.UnpicklingError) and not isinstance(
+    from_torch_load = raised_by_torch_load(e)  # timm re-raises a refused pickle as RuntimeError from it
+    if not from_torch_load and not isinstance(
         e, (EntryNotFoundError, HfHubHTTPError, SafetensorError, CorruptWeightsError)
     ):
         return None
     cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
-    source = cfg.file if cfg.file and cfg.source != "hf-hub" else cfg.hf_hub_id or cfg.url
-    what = f"the pretrained weights of {name}{'.' + cfg.tag if cfg.tag else ''} from {source!r}"
-    if isinstance(pickled, pickle.UnpicklingError):
-        return CorruptWeightsError(f"{what}: {refused_pickle(source, pickled)}")
+    if cfg.source in ("local-dir", "hf-hub") or cfg.file:  # a folder, repo or file the caller named
+        source, label = (cfg.hf_hub_id if cfg.source == "hf-hub" else cfg.file), name
+    else:  # a registered tag
+        source, label = cfg.hf_hub_id or cfg.url, f"{name}.{cfg.tag}"
+    what = f"the pretrained weights of {label} from {source!r}"
+    if from_torch_load:
+        return CorruptWeightsError(f"{what}: {torch_load_error(source, e)}")
     if isinstance(e, CorruptWeightsError):  # the checkpoint filter's checksum test
         return CorruptWeightsError(f"{what}: {e}")
     if isinstance(e, SafetensorError):

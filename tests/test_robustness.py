@@ -82,6 +82,46 @@ def test_truncated_third_party_safetensors_is_refused_by_convert(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+GARBAGE = {"random bytes": bytes(range(256)) * 12, "text": b"hello, not a checkpoint\n", "empty": b""}
+# where each --from format looks for its file
+SOURCE_FILE = {"tf-ckpt": "model.ckpt.index", "keras-h5": "weights.h5", "timm": "w.pth", "torchvision": "w.pth",
+               "lukemelas": "w.pth", "seed": "w.pth", "transformers": "model.safetensors"}  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", list(SOURCE_FILE))
+def test_every_source_format_refuses_garbage_with_our_error(tmp_path, fmt):
+    """Whatever torch.load, h5py or safetensors raise on junk (IndexError, KeyError, EOFError, ...) reaches the
+    user as ConversionError / CheckpointError with the file named."""
+    from effnet_zoo.weights.convert import FORMATS
+
+    assert set(SOURCE_FILE) == set(FORMATS)
+    for kind, data in GARBAGE.items():
+        folder = tmp_path / kind.replace(" ", "_")
+        folder.mkdir()
+        (folder / SOURCE_FILE[fmt]).write_bytes(data)
+        src = (
+            folder / "model.ckpt"
+            if fmt == "tf-ckpt"
+            else folder
+            if fmt == "transformers"
+            else folder / SOURCE_FILE[fmt]
+        )
+        with pytest.raises((ConversionError, CheckpointError)) as info:
+            convert(src, fmt, "effnet_v1_b0", folder / "out", model_args={"padding": "same"})
+        assert str(folder) in str(info.value), (kind, str(info.value))
+        assert not (folder / "out").exists()
+
+
+def test_garbage_pytorch_weights_on_the_pretrained_path(saved, tmp_path):
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    shutil.copy(saved / "config.json", folder)
+    for data in GARBAGE.values():
+        (folder / "pytorch_model.bin").write_bytes(data)
+        with pytest.raises(CorruptWeightsError, match="is not a readable PyTorch checkpoint, truncated or damaged"):
+            timm.create_model(f"local-dir:{folder}", pretrained=True)
+
+
 def test_pickle_that_runs_code_is_refused_on_the_pretrained_path(saved, tmp_path):
     marker = tmp_path / "pwned"
 

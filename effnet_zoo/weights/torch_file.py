@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,10 +36,32 @@ def unreadable_safetensors(path: str | Path, error: Exception) -> CorruptWeights
     return CorruptWeightsError(f"{path} is not a valid safetensors file, truncated or damaged ({error}); {REDO}")
 
 
-def refused_pickle(path: str | Path, error: pickle.UnpicklingError) -> ConversionError:
+def torch_load_error(path: str | Path, error: BaseException) -> ConversionError:
+    """Our error for what ``torch.load(weights_only=True)`` raised: a refused pickle, or a damaged file."""
+    cause = error if isinstance(error, pickle.UnpicklingError) else error.__cause__
+    # torch's message is paragraphs long; the line after "WeightsUnpickler error:" says what it met
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(cause)) if cause is not None else None
+    if detail and "allowed global" in detail.group(1):  # a GLOBAL: code to run or an object to build
+        return refused_pickle(path, detail.group(1).split(". ")[0])
+    first = detail.group(1) if detail else str(error).splitlines()[0] if str(error) else ""
+    return CorruptWeightsError(
+        f"{path} is not a readable PyTorch checkpoint, truncated or damaged ({type(error).__name__}: {first}); {REDO}"
+    )
+
+
+def raised_by_torch_load(error: BaseException) -> bool:
+    """Whether ``error`` (or what it wraps) came out of torch's checkpoint reading code."""
+    for e in (error, error.__cause__):
+        frames = traceback.extract_tb(e.__traceback__) if e is not None else []
+        if any(Path(f.filename).name in ("serialization.py", "_weights_only_unpickler.py") for f in frames):
+            return True
+    return False
+
+
+def refused_pickle(path: str | Path, what: str) -> ConversionError:
     return ConversionError(
         f"refused to load {path}: it is a pickle that asks to run code or build objects beyond plain tensors "
-        f"({str(error).splitlines()[0]}). Nothing from it was executed. If you trust its origin, re-save it as a "
+        f"({what}). Nothing from it was executed. If you trust its origin, re-save it as a "
         "plain state_dict (torch.save(model.state_dict(), ...)) or as safetensors"
     )
 
@@ -105,10 +129,8 @@ def load_state_dict(src: Path) -> dict[str, torch.Tensor]:
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise refused_pickle(path, e) from e
-        except (RuntimeError, EOFError, OSError) as e:
-            raise ConversionError(f"{path} is not a readable PyTorch checkpoint ({e}): truncated or corrupt?") from e
+        except Exception as e:  # on bytes that are no checkpoint, torch.load raises anything (IndexError, KeyError...)
+            raise torch_load_error(path, e) from e
     return unwrap(state, path)
 
 
