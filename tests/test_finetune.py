@@ -104,6 +104,18 @@ def test_existing_run_is_not_overwritten(lite0_dir, data, uninterrupted):
     assert (uninterrupted / "checkpoint.pt").read_bytes() == before
 
 
+def test_resume_from_a_damaged_checkpoint_says_so(lite0_dir, data, uninterrupted, tmp_path):
+    out = tmp_path / "damaged"
+    out.mkdir()
+    good = (uninterrupted / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(good[: len(good) // 2])
+    done = cli(*finetune_args(lite0_dir, data, out, 2, "--resume"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{out / 'checkpoint.pt'} is not a readable PyTorch checkpoint, truncated or damaged" in done.stderr
+    assert "restore it, or start over with --force" in done.stderr
+    assert (out / "checkpoint.pt").read_bytes() == good[: len(good) // 2]
+
+
 def test_torchrun_two_processes(lite0_dir, data, tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     assert torchrun.exists() or shutil.which("torchrun")

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from .._io import atomic_write, atomic_write_text
 from ..hub import save_pretrained
+from ..weights.torch_file import torch_load_error
 from .common import autocast, load_pretrained, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
@@ -199,7 +200,11 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
 
     start_epoch, updates, history = 0, 0, []
     if cfg.resume:
-        state = torch.load(out / CHECKPOINT, map_location=env.device, weights_only=True)
+        try:
+            state = torch.load(out / CHECKPOINT, map_location=env.device, weights_only=True)
+        except Exception as e:  # damaged by hand or by the disk: checkpoints are written atomically
+            redo = "restore it, or start over with --force"
+            raise torch_load_error(out / CHECKPOINT, e, redo) from e
         if state["classes"] != classes:
             raise ValueError(f"--resume: the checkpoint was trained on classes {state['classes'][:5]}..., "
                              f"the data now has {classes[:5]}...; resume with the same --data")  # fmt: skip

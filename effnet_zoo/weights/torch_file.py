@@ -36,7 +36,7 @@ def unreadable_safetensors(path: str | Path, error: Exception) -> CorruptWeights
     return CorruptWeightsError(f"{path} is not a valid safetensors file, truncated or damaged ({error}); {REDO}")
 
 
-def torch_load_error(path: str | Path, error: BaseException) -> ConversionError:
+def torch_load_error(path: str | Path, error: BaseException, redo: str = REDO) -> ConversionError:
     """Our error for what ``torch.load(weights_only=True)`` raised: a refused pickle, or a damaged file."""
     cause = error if isinstance(error, pickle.UnpicklingError) else error.__cause__
     # torch's message is paragraphs long; the line after "WeightsUnpickler error:" says what it met
@@ -45,7 +45,7 @@ def torch_load_error(path: str | Path, error: BaseException) -> ConversionError:
         return refused_pickle(path, detail.group(1).split(". ")[0])
     first = detail.group(1) if detail else str(error).splitlines()[0] if str(error) else ""
     return CorruptWeightsError(
-        f"{path} is not a readable PyTorch checkpoint, truncated or damaged ({type(error).__name__}: {first}); {REDO}"
+        f"{path} is not a readable PyTorch checkpoint, truncated or damaged ({type(error).__name__}: {first}); {redo}"
     )
 
 
