@@ -258,9 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: missing files, permissions, the Hub's HTTP errors
         print(f"effnet-zoo: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outputs are written atomically, so an interrupt leaves nothing half-written
+        print("effnet-zoo: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -273,3 +273,14 @@ def test_an_interrupted_write_leaves_the_previous_file(tmp_path):
         atomic_write(target, dies_half_way)
     assert target.read_bytes() == b"previous, complete"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_cli_reports_os_errors_in_one_line(tmp_path):
+    """e.g. an output folder that cannot be created: no traceback, exit status 2."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    done = cli("convert", Path(__file__).parent / "fixtures" / "tiny_tf1", "--from", "tf-ckpt", "--model",
+               "effnet_v1_b0", "--out", blocker / "out", "--model-arg", "width_mult=0.1", "--model-arg",
+               "depth_mult=0.3")  # fmt: skip
+    assert done.returncode == 2 and done.stderr.startswith("effnet-zoo: error: ") and done.stderr.count("\n") == 1
+    assert blocker.read_text() == "not a folder"
