@@ -3,7 +3,7 @@
 huggingface_hub's real client talks to it (``HF_ENDPOINT``) and turns its answers into its own exception
 types, exactly as it would for huggingface.co: 404 + ``X-Error-Code: RepoNotFound`` for a missing repo,
 ``EntryNotFound`` for a missing file, 401 for a token the Hub refuses. One repo, ``acme/no-weights``, exists
-and holds only ``config.json``.
+and holds only ``config.json``; creating a repo named ``lost-connection`` gets no answer at all.
 """
 
 from __future__ import annotations
@@ -50,7 +50,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(401, "RepoNotFound", "Repository not found")
 
     def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if b"lost-connection" in body:  # the network drops mid-request: hang up without an answer
+            self.close_connection = True
+            return
         self._error(401, None, "Invalid credentials in Authorization header")
 
 

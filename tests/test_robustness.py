@@ -225,6 +225,7 @@ def test_hub_errors_online(saved, tmp_path):
         "missing file": ["predict", image, "--model", "hf-hub:acme/no-weights"],
         "missing tag repo": ["predict", image, "--model", "effnet_v1_b1.aa_in1k"],
         "refused token": ["push", str(push_src), "--repo-id", "acme/fruit"],
+        "lost connection": ["push", str(push_src), "--repo-id", "acme/lost-connection"],
     }
     script = (
         "import contextlib, io, json, sys\n"
@@ -250,6 +251,7 @@ def test_hub_errors_online(saved, tmp_path):
         "missing file": "from 'acme/no-weights': the repo lacks a file it needs",
         "missing tag repo": "effnet_v1_b1.aa_in1k from 'timm/tf_efficientnet_b1.aa_in1k': no such repo on the Hub",
         "refused token": "could not publish to 'acme/fruit': the Hub refused the credentials (HTTP 401)",
+        "lost connection": f"could not publish to 'acme/lost-connection': could not reach the Hub at {endpoint} (",
     }
     for name, text in expected.items():
         code, stderr = results[name]
