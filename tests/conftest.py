@@ -22,9 +22,16 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import effnet_zoo  # noqa: E402, F401  (registers effnet_v1_* with timm)
+
+# Property tests: the suite (and CI) replays the same 150 examples per property, so a run is reproducible;
+# HYPOTHESIS_PROFILE=explore searches 3000 fresh random ones per property.
+settings.register_profile("suite", max_examples=150, derandomize=True)
+settings.register_profile("explore", max_examples=3000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 from effnet_zoo.weights.tf_bundle import _DTYPES, DT_STRING, CheckpointError, TensorBundle, read_index
 
 FIXTURES = Path(__file__).parent / "fixtures"
-PROPERTY = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+# How many examples, and whether they are drawn at random, comes from the profile (tests/conftest.py): the
+# suite runs a fixed 150 per property; HYPOTHESIS_PROFILE=explore draws 3000 fresh ones.
+PROPERTY = settings(deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 
 
 def read_all(prefix: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...], bytes]]:
@@ -75,6 +77,10 @@ def _f32(name: str, values: list[float], **overrides) -> writer.Entry:
         ([_f32("w", [1, 2], shard=1)], 1, "points at shard 1, but the checkpoint has 1"),
         ([_f32("w", [1, 2], shard=1)], 2, "the shard is truncated"),  # data written into a shard we then empty
         ([writer.Entry("w", 21, (2,), b"\0" * 8)], 1, "has TF dtype 21, which holds no numeric weights"),
+        # zero elements, so zero bytes, yet strides torch cannot represent (found by the property test below)
+        ([writer.Entry("w", 1, (0, 4124, 2**51), b"")], 1, r"shape \[0, 4124, 2251799813685248\] is impossibly large"),
+        # a number where the shape message belongs (found by the property test below)
+        ([_f32("w", [1.0], extra=writer.field_fixed32(2, 7))], 1, "a message field of the index record of 'w' holds a"),
     ],
 )
 def test_index_entries_that_lie_are_refused(tmp_path, entries, num_shards, message):
@@ -173,7 +179,8 @@ _FIELD = st.integers(0, 64) | st.integers(0, 2**63 - 1)  # small and plausible, 
 @st.composite
 def lying_entries(draw) -> writer.Entry:
     """A true entry (dtype, shape and bytes agree), then any of its fields replaced by a lie: dtype, shape
-    (huge dims too), shard, offset, size, CRC, or no CRC at all."""
+    (huge dims too), shard, offset, size, CRC, no CRC at all, or extra fields of any number and wire type
+    (a number where a message belongs, and the reverse)."""
     dtype = draw(st.sampled_from(_NUMERIC))
     shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
     data = draw(st.binary(min_size=math.prod(shape) * _DTYPES[dtype].itemsize,
@@ -197,6 +204,12 @@ def lying_entries(draw) -> writer.Entry:
         offset=draw(st.none() | _FIELD),
         crc=draw(st.none() | st.integers(0, 2**32 - 1)),
         with_crc=draw(st.booleans()),
+        extra=b"".join(
+            writer.field_any(n, w, p)
+            for n, w, p in draw(
+                st.lists(st.tuples(st.integers(1, 7), st.sampled_from([0, 1, 2, 5]), st.binary(max_size=9)), max_size=2)
+            )
+        ),
     )
 
 

@@ -37,6 +37,16 @@ def field_fixed32(number: int, value: int) -> bytes:
     return varint(number << 3 | 5) + struct.pack("<I", value)
 
 
+def field_any(number: int, wire: int, payload: bytes) -> bytes:
+    """A field of any wire type (0 varint, 1 fixed64, 2 bytes, 5 fixed32) built from ``payload``."""
+    if wire == 0:
+        return varint(number << 3) + varint(int.from_bytes(payload[:8], "little"))
+    if wire == 2:
+        return field_bytes(number, payload)
+    size = 8 if wire == 1 else 4
+    return varint(number << 3 | wire) + payload[:size].ljust(size, b"\0")
+
+
 @dataclass
 class Entry:
     """One BundleEntryProto. ``size``, ``crc`` and ``offset`` default to the truth; tests override them to lie."""
@@ -50,6 +60,7 @@ class Entry:
     crc: int | None = None
     offset: int | None = None
     with_crc: bool = True
+    extra: bytes = b""  # raw fields appended to the record (a later field overrides an earlier one)
 
     def proto(self, offset: int) -> bytes:
         dims = b"".join(field_bytes(2, field_varint(1, d)) for d in self.shape)
@@ -62,6 +73,7 @@ class Entry:
             + field_varint(4, offset if self.offset is None else self.offset)
             + field_varint(5, size)
             + (field_fixed32(6, crc) if self.with_crc else b"")
+            + self.extra
         )
 
 

@@ -273,6 +273,8 @@ class TensorBundle:
         if e.dtype not in _DTYPES:
             raise CheckpointError(f"{name!r} has TF dtype {e.dtype}, which holds no numeric weights")
         dtype = _DTYPES[e.dtype]
+        if math.prod(d or 1 for d in e.shape) * dtype.itemsize >= 1 << 62:  # even with a 0 dim, torch cannot stride it
+            raise CheckpointError(f"{name!r}: shape {list(e.shape)} is impossibly large; the index is corrupt")
         expected = math.prod(e.shape) * dtype.itemsize
         if e.size != expected:
             raise CheckpointError(f"{name!r}: shape {list(e.shape)} needs {expected} bytes but the index says {e.size}")
