@@ -155,13 +155,35 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checked(kind: type, what: str, ok) -> Any:
+    """An argparse ``type`` that converts with ``kind`` and refuses values outside the range ``what`` names."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    return convert
+
+
+POSITIVE_INT = _checked(int, "a positive integer", lambda v: v > 0)
+COUNT = _checked(int, "an integer >= 0", lambda v: v >= 0)
+POSITIVE = _checked(float, "a number > 0", lambda v: v > 0)
+NON_NEGATIVE = _checked(float, "a number >= 0", lambda v: v >= 0)
+FRACTION = _checked(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="effnet-zoo", description="EfficientNet-V1, TF-exact, as a timm plugin.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("summary", help="print a model's compound-scaled design (offline)")
     p.add_argument("model", nargs="?", default="effnet_v1_b0", help="e.g. effnet_v1_b3, effnet_v1_b3.aa_in1k or b3")
     p.add_argument("--phi", type=float, help="a custom compound coefficient instead of a named variant, e.g. 2.5")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the variant's)")
+    p.add_argument("--img-size", type=POSITIVE_INT, help="input resolution (default: the variant's)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_summary)
 
@@ -178,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="compare with the source library's model, when importable")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--padding", choices=["same", "symmetric"], help="override the padding the source implies")
-    p.add_argument("--bn-eps", type=float, help="override the BatchNorm eps the source implies")
+    p.add_argument("--bn-eps", type=POSITIVE, help="override the BatchNorm eps the source implies")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra model argument, e.g. width_mult=0.5 (repeatable)")  # fmt: skip
     p.set_defaults(func=_convert)
@@ -195,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify images (files, folders, globs)")
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--model", default="effnet_v1_b0.aa_in1k", help=model_help)
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--topk", type=POSITIVE_INT, default=5)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_predict)
@@ -204,11 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="top-1 / top-5 over an image folder (DIR/<class>/<image>)")
     p.add_argument("--data", required=True, help="ImageFolder root; class folders named like the model's classes")
     p.add_argument("--model", required=True, help=model_help)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64)
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--workers", type=int, default=2, help="data loader processes")
+    p.add_argument("--workers", type=COUNT, default=2, help="data loader processes")
     p.add_argument("--json", action="store_true", help="machine-readable output (no progress bar)")
     p.set_defaults(func=_validate)
 
@@ -216,23 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder with train/<class>/<image> and val/<class>/<image>")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.jsonl, and model/ at the end")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=32, help="per process")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=10)
+    p.add_argument("--lr", type=POSITIVE, default=1e-3)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="per process")
     p.add_argument("--opt", default="adamw", help="any timm optimizer name: adamw, sgd, lamb, ...")
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--momentum", type=float, default=0.9, help="for sgd")
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--min-lr", type=float, default=1e-6)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.05)
+    p.add_argument("--momentum", type=FRACTION, default=0.9, help="for sgd")
+    p.add_argument("--warmup-epochs", type=NON_NEGATIVE, default=1.0)
+    p.add_argument("--min-lr", type=NON_NEGATIVE, default=1e-6)
+    p.add_argument("--label-smoothing", type=FRACTION, default=0.1)
     p.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights; evaluate and save it")
-    p.add_argument("--ema-decay", type=float, default=0.9998)
+    p.add_argument("--ema-decay", type=FRACTION, default=0.9998)
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--grad-checkpointing", action="store_true", help="trade speed for activation memory")
-    p.add_argument("--drop-path", type=float, help="stochastic depth rate (default: the model's)")
-    p.add_argument("--drop-rate", type=float, help="dropout before the classifier (default: the model's)")
-    p.add_argument("--img-size", type=int, help="train/eval resolution (default: the weights')")
-    p.add_argument("--workers", type=int, default=2, help="data loader processes per process")
+    p.add_argument("--drop-path", type=FRACTION, help="stochastic depth rate (default: the model's)")
+    p.add_argument("--drop-rate", type=FRACTION, help="dropout before the classifier (default: the model's)")
+    p.add_argument("--img-size", type=POSITIVE_INT, help="train/eval resolution (default: the weights')")
+    p.add_argument("--workers", type=COUNT, default=2, help="data loader processes per process")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", help="cpu, cuda (default: cuda when available; torchrun: the local rank's GPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -247,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, help="output file (.onnx, .pt, .pt2)")
     p.add_argument("--dynamic-batch", action="store_true", help="a batch dimension of any size")
-    p.add_argument("--batch-size", type=int, default=1, help="example batch for export")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the weights')")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="example batch for export")
+    p.add_argument("--img-size", type=POSITIVE_INT, help="input resolution (default: the weights')")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_export)
     return parser

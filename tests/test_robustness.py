@@ -286,3 +286,21 @@ def test_cli_reports_os_errors_in_one_line(tmp_path):
                "depth_mult=0.3")  # fmt: skip
     assert done.returncode == 2 and done.stderr.startswith("effnet-zoo: error: ") and done.stderr.count("\n") == 1
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["predict", "x.jpg", "--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
+        (["predict", "x.jpg", "--topk", "three"], "argument --topk: expected a positive integer, got 'three'"),
+        (["validate", "--data", "d", "--model", "m", "--workers", "-1"], "--workers: expected an integer >= 0"),
+        (["finetune", "--data", "d", "--model", "m", "--out", "o", "--lr", "0"], "--lr: expected a number > 0"),
+        (["finetune", "--data", "d", "--model", "m", "--out", "o", "--label-smoothing", "1.5"],
+         "argument --label-smoothing: expected a number in [0, 1), got 1.5"),
+        (["export", "--model", "m", "--format", "onnx", "--out", "x", "--img-size", "-224"],
+         "argument --img-size: expected a positive integer, got -224"),
+    ],
+)  # fmt: skip
+def test_cli_refuses_out_of_range_arguments_before_doing_anything(argv, message):
+    done = cli(*argv)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
