@@ -19,7 +19,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from .hub import explain_hub_error
 from .model import EfficientNet
 from .scaling import LITE_VARIANTS, VARIANTS, Scaling, scaling_from_phi
-from .weights.timm_format import checkpoint_filter_fn, source_file
+from .weights.timm_format import checkpoint_filter_fn, source_file, weights_source
 from .weights.torch_file import CorruptWeightsError, raised_by_torch_load, torch_load_error, unreadable_safetensors
 
 # Checkpoint sets Google released, and the variants each covers. Order matters: a variant's
@@ -135,11 +135,9 @@ def _load_failure(e: Exception, name: str, kwargs: dict[str, Any]) -> Exception 
     ):
         return None
     cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
-    if cfg.source in ("local-dir", "hf-hub") or cfg.file:  # a folder, repo or file the caller named
-        source, label = (cfg.hf_hub_id if cfg.source == "hf-hub" else cfg.file), name
-    else:  # a registered tag
-        source, label = cfg.hf_hub_id or cfg.url, f"{name}.{cfg.tag}"
-    what = f"the pretrained weights of {label} from {source!r}"
+    kind, source = weights_source(cfg.to_dict())
+    named_by_caller = kind in ("local-dir", "file") or cfg.source == "hf-hub"  # else a registered tag's source
+    what = f"the pretrained weights of {name if named_by_caller else f'{name}.{cfg.tag}'} from {source!r}"
     if from_torch_load:
         return CorruptWeightsError(f"{what}: {torch_load_error(source, e)}")
     if isinstance(e, CorruptWeightsError):  # the checkpoint filter's checksum test

@@ -12,14 +12,7 @@ BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 
 
 class ConversionError(ValueError):
-    """A source checkpoint that cannot become the requested model; the message says why and what to do.
-
-    ``fits`` names the registered variant the checkpoint does fit, when that is known.
-    """
-
-    def __init__(self, message: str, fits: str | None = None) -> None:
-        super().__init__(message)
-        self.fits = fits
+    """A source checkpoint that cannot become the requested model; the message says why and what to do."""
 
 
 @dataclass
@@ -83,13 +76,13 @@ def check_fits(
             f"the checkpoint does not fit {model_name} ({len(problems)} differences; first: "
             + "; ".join(problems[:5])
             + ")"
-            + (
-                f". It fits {hint}: create_model('{hint}', ...), or --model {hint} on the command line"
-                if hint
-                else ". Check the model name (--model) and the source format (--from)"
-            ),
-            fits=hint,
+            + (fits_hint(hint) if hint else ". Check the model name (--model) and the source format (--from)")
         )
+
+
+def fits_hint(arch: str) -> str:
+    """The sentence that names the variant a mismatching checkpoint does fit."""
+    return f". It fits {arch}: create_model('{arch}', ...), or --model {arch} on the command line"
 
 
 def load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], model_name: str) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..hub import DTYPES, export_config, model_card, write_model_folder
 from . import keras_h5, lukemelas, seed, tf_ckpt, timm_format, torchvision_format, transformers_format
-from .common import ConversionError, Converted, fits, load_checked, shapes_of
+from .common import ConversionError, Converted, fits, fits_hint, load_checked, shapes_of
 from .torch_file import CorruptWeightsError
 
 FORMATS: dict[str, Callable[[Path, nn.Module], Converted]] = {
@@ -78,7 +78,7 @@ def convert(
     except ConversionError as e:
         if isinstance(e, CorruptWeightsError) or (other := fitting_variant(fmt, src, exclude=arch)) is None:
             raise
-        raise ConversionError(f"{e}. The checkpoint fits {other}: pass --model {other}", fits=other) from e
+        raise ConversionError(f"{e}{fits_hint(other)}") from e
     args = {k: v for k, v in converted.model_args.items() if v is not None}
     args.update(user_args)
     if "padding" not in args:

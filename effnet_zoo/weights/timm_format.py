@@ -64,17 +64,30 @@ def from_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def weights_source(pretrained_cfg: dict) -> tuple[str, str | None]:
+    """Where timm's ``pretrained=True`` reads the weights, in timm's order of precedence:
+    ``("local-dir" | "file" | "hf-hub" | "url", location)``."""
+    source, file, hub_id = pretrained_cfg.get("source"), pretrained_cfg.get("file"), pretrained_cfg.get("hf_hub_id")
+    if source == "local-dir" and file:
+        return "local-dir", file
+    if file and source != "hf-hub":
+        return "file", file
+    if hub_id:
+        return "hf-hub", hub_id
+    return "url", pretrained_cfg.get("url")
+
+
 def source_file(pretrained_cfg: dict) -> Path | None:
-    """The local safetensors file timm loads ``pretrained=True`` weights from, in timm's order of sources."""
+    """The local safetensors file those weights are read from (for a Hub repo: its cached copy), if any."""
     from huggingface_hub import try_to_load_from_cache
 
-    hub_id, file = pretrained_cfg.get("hf_hub_id"), pretrained_cfg.get("file")
-    if pretrained_cfg.get("source") == "local-dir" and file:
-        path = Path(file) / "model.safetensors"
-    elif file and pretrained_cfg.get("source") != "hf-hub":
-        path = Path(file)
-    elif hub_id:
-        cached = try_to_load_from_cache(hub_id, pretrained_cfg.get("hf_hub_filename") or "model.safetensors")
+    kind, where = weights_source(pretrained_cfg)
+    if kind == "local-dir":
+        path = Path(where) / "model.safetensors"
+    elif kind == "file":
+        path = Path(where)
+    elif kind == "hf-hub":
+        cached = try_to_load_from_cache(where, pretrained_cfg.get("hf_hub_filename") or "model.safetensors")
         path = Path(cached) if isinstance(cached, str) else None
     else:
         return None
