@@ -15,7 +15,8 @@ class MBConv(nn.Module):
     """Mobile inverted bottleneck: expand (1x1) -> depthwise kxk -> SE -> project (1x1, linear).
 
     The identity shortcut, with stochastic depth, exists only when the block keeps resolution
-    and channels. ``expand`` is absent for ``expand_ratio == 1`` (the first stage), as in the
+    and channels. ``dilation`` applies to the depthwise conv (stages run dilated under
+    ``output_stride``). ``expand`` is absent for ``expand_ratio == 1`` (the first stage), as in the
     original, so the parameter count matches it exactly.
     """
 
@@ -32,14 +33,16 @@ class MBConv(nn.Module):
         padding: Padding = "same",
         bn_eps: float = 1e-3,
         bn_momentum: float = 0.01,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         bn = dict(padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
         mid_channels = in_channels * expand_ratio
         self.expand = ConvBnAct(in_channels, mid_channels, 1, act_layer=act_layer, **bn) if expand_ratio != 1 else None
         self.dw = ConvBnAct(
-            mid_channels, mid_channels, kernel_size, stride, groups=mid_channels, act_layer=act_layer, **bn
-        )
+            mid_channels, mid_channels, kernel_size, stride, groups=mid_channels, act_layer=act_layer,
+            dilation=dilation, **bn,
+        )  # fmt: skip
         # The SE bottleneck is sized from the block's *input* channels, as in the TF original.
         self.se = SqueezeExcite(mid_channels, max(1, int(in_channels * se_ratio)), act_layer) if se_ratio > 0 else None
         self.project = ConvBnAct(mid_channels, out_channels, 1, act_layer=None, **bn)

@@ -251,8 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=FRACTION, default=0.9998)
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--grad-checkpointing", action="store_true", help="trade speed for activation memory")
-    p.add_argument("--drop-path", type=FRACTION, help="stochastic depth rate (default: the model's)")
-    p.add_argument("--drop-rate", type=FRACTION, help="dropout before the classifier (default: the model's)")
+    p.add_argument("--drop-path", type=FRACTION, help="stochastic depth rate (default: 0.2, as Google trained)")
+    p.add_argument(
+        "--drop-rate", type=FRACTION, help="dropout before the classifier (default: the variant's, 0.2 for B0 to 0.5)"
+    )
     p.add_argument("--img-size", type=POSITIVE_INT, help="train/eval resolution (default: the weights')")
     p.add_argument("--workers", type=COUNT, default=2, help="data loader processes per process")
     p.add_argument("--seed", type=int, default=42)

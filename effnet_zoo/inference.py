@@ -36,10 +36,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 def _static_conv(conv: nn.Conv2d, mirror: bool) -> nn.Conv2d:
     """A plain, symmetrically padded ``nn.Conv2d`` with ``conv``'s (optionally flipped) weights."""
-    k = conv.kernel_size
+    k, d = conv.kernel_size, conv.dilation
     static = nn.Conv2d(
-        conv.in_channels, conv.out_channels, k, conv.stride, (k[0] // 2, k[1] // 2),
-        groups=conv.groups, bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype,
+        conv.in_channels, conv.out_channels, k, conv.stride, (d[0] * (k[0] // 2), d[1] * (k[1] // 2)),
+        dilation=d, groups=conv.groups, bias=conv.bias is not None, device=conv.weight.device,
+        dtype=conv.weight.dtype,
     )  # fmt: skip
     with torch.no_grad():
         static.weight.copy_(conv.weight.flip((-2, -1)) if mirror else conv.weight)

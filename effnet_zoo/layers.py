@@ -22,6 +22,69 @@ def same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) ->
     return total // 2, total - total // 2
 
 
+def tracing() -> bool:
+    """Inside ``torch.jit.trace`` or an FX symbolic trace: record the plain graph (conv -> BN, no in-place gates).
+
+    The eval shortcuts (cached folded weights, in-place SE gate) are Python-side decisions that a recorded graph
+    would freeze: folded weights as constants, a no-grad in-place op replayed under autograd.
+    """
+    if torch.compiler.is_compiling():  # dynamo / export trace through the Python: nothing is frozen
+        return False
+    return torch.jit.is_tracing() or _is_fx_symbolic_tracing()
+
+
+# torch >= 2.12 names the FX-only test (its is_fx_tracing() also answers for export, with a warning)
+_is_fx_symbolic_tracing = getattr(
+    torch.fx._symbolic_trace, "is_fx_symbolic_tracing", torch.fx._symbolic_trace.is_fx_tracing
+)
+
+
+def conv2d_same(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> torch.Tensor:
+    """A convolution with TF "SAME" padding computed from ``x``'s size at every call.
+
+    A leaf for FX (``torch.fx.wrap`` below): a symbolic trace records one call that pads for whatever size it
+    later sees, with any tracer (timm's, torchvision's ``create_feature_extractor``, plain ``symbolic_trace``).
+    Under ``torch.jit.trace`` the sizes are traced tensors, so the padding arithmetic is recorded too and the
+    traced module stays right at other input sizes.
+    """
+    if not torch.jit.is_scripting():
+        if torch.jit.is_tracing():
+            return _conv2d_same_traced(x, weight, bias, stride, dilation, groups)
+    kh, kw = weight.shape[-2:]
+    top, bottom = same_padding(x.shape[-2], kh, stride[0], dilation[0])
+    left, right = same_padding(x.shape[-1], kw, stride[1], dilation[1])
+    if bottom != top or right != left:
+        x = F.pad(x, (0, right - left, 0, bottom - top))
+    return F.conv2d(x, weight, bias, stride, (top, left), dilation, groups)
+
+
+def _conv2d_same_traced(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> torch.Tensor:
+    """``conv2d_same`` under ``torch.jit.trace``: the sizes are 0-dim tensors, so is the padding arithmetic."""
+    pads = []
+    for size, k, s, d in zip(x.shape[-2:], weight.shape[-2:], stride, dilation, strict=True):
+        total = torch.clamp(((size + s - 1) // s - 1) * s + (k - 1) * d + 1 - size, min=0)
+        pads.append((total // 2, total - total // 2))
+    (top, bottom), (left, right) = pads
+    return F.conv2d(F.pad(x, [left, right, top, bottom]), weight, bias, stride, 0, dilation, groups)
+
+
+torch.fx.wrap("conv2d_same")
+
+
 class Conv2dSame(nn.Conv2d):
     """Strided convolution with TensorFlow's "SAME" padding at any input size.
 
@@ -32,11 +95,7 @@ class Conv2dSame(nn.Conv2d):
     """
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
-        left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
-        if bottom != top or right != left:
-            x = F.pad(x, (0, right - left, 0, bottom - top))
-        return F.conv2d(x, weight, bias, self.stride, (top, left), self.dilation, self.groups)
+        return conv2d_same(x, weight, bias, self.stride, self.dilation, self.groups)
 
 
 def create_conv2d(
@@ -47,19 +106,26 @@ def create_conv2d(
     groups: int = 1,
     bias: bool = False,
     padding: Padding = "same",
+    dilation: int = 1,
 ) -> nn.Conv2d:
     """A convolution padded like TF "SAME" or symmetrically (torchvision / timm-native weights).
 
-    For stride 1 and odd kernels both are the same static symmetric padding, so a plain
-    ``nn.Conv2d`` is returned and nothing is computed per call.
+    For stride 1 and odd kernels both are the same static symmetric padding (``dilation * (k // 2)``, also
+    for the dilated stages of ``output_stride``), so a plain ``nn.Conv2d`` is returned and nothing is computed
+    per call.
     """
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
     if kernel_size % 2 == 0:
         raise ValueError(f"only odd kernel sizes are supported, got {kernel_size}")
     if padding == "same" and stride > 1:
-        return Conv2dSame(in_channels, out_channels, kernel_size, stride, padding=0, groups=groups, bias=bias)
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=bias)
+        return Conv2dSame(
+            in_channels, out_channels, kernel_size, stride, padding=0, dilation=dilation, groups=groups, bias=bias
+        )
+    pad = dilation * (kernel_size // 2)
+    return nn.Conv2d(
+        in_channels, out_channels, kernel_size, stride, padding=pad, dilation=dilation, groups=groups, bias=bias
+    )
 
 
 def _act(act_layer: Callable[[], nn.Module] | None) -> nn.Module:
@@ -75,10 +141,12 @@ def _act(act_layer: Callable[[], nn.Module] | None) -> nn.Module:
 class ConvBnAct(nn.Module):
     """Convolution (no bias) -> BatchNorm -> optional activation.
 
-    Without autograd in eval mode (``torch.no_grad`` / ``inference_mode``), the BatchNorm is folded into
-    the convolution: one pass over the activations instead of two. The folded weights are cached and
-    recomputed whenever the conv or BN tensors change (new values, device or dtype), so loading weights
-    or calling ``.to()`` needs no extra step.
+    In eval mode the BatchNorm (running statistics, constants there) is folded into the convolution: one pass
+    over the activations instead of two, and the same numbers with or without autograd. Without autograd
+    (``torch.no_grad`` / ``inference_mode``) the folded weights are cached and recomputed whenever the conv or BN
+    tensors change (new values, device or dtype), so loading weights or calling ``.to()`` needs no extra step;
+    with autograd they are folded per call, so gradients reach the conv and BN parameters. Recorded graphs
+    (``torch.jit.trace``, FX) and scripted models run conv -> BN.
     """
 
     def __init__(
@@ -92,9 +160,12 @@ class ConvBnAct(nn.Module):
         padding: Padding = "same",
         bn_eps: float = 1e-3,
         bn_momentum: float = 0.01,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
-        self.conv = create_conv2d(in_channels, out_channels, kernel_size, stride, groups, padding=padding)
+        self.conv = create_conv2d(
+            in_channels, out_channels, kernel_size, stride, groups, padding=padding, dilation=dilation
+        )
         self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
         self.act = _act(act_layer)
         self._folded = None  # (key, weight, bias); not annotated: TorchScript cannot type the cache key
@@ -121,17 +192,12 @@ class ConvBnAct(nn.Module):
         return self._folded[1], self._folded[2]
 
     def _fast(self) -> bool:
-        return (
-            not self.training
-            and not torch.is_grad_enabled()
-            and isinstance(self.bn, nn.BatchNorm2d)
-            and self.bn.track_running_stats
-        )
+        return not self.training and isinstance(self.bn, nn.BatchNorm2d) and self.bn.track_running_stats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # the cache is Python state; a scripted model runs conv -> BN
-            if self._fast():
-                weight, bias = self.folded()
+            if self._fast() and not tracing():
+                weight, bias = self.fold() if torch.is_grad_enabled() else self.folded()
                 return self.act(self.conv._conv_forward(x, weight, bias))
         return self.act(self.bn(self.conv(x)))
 
@@ -150,4 +216,7 @@ class SqueezeExcite(nn.Module):
         s = self.expand(self.act(self.reduce(s))).sigmoid()
         # Without autograd nothing needs the ungated map: gate in place and save a full-size allocation.
         # (``x`` is always the depthwise conv's fresh output here.)
-        return x * s if torch.is_grad_enabled() else x.mul_(s)
+        inplace = not torch.is_grad_enabled()
+        if not torch.jit.is_scripting():
+            inplace = inplace and not tracing()
+        return x.mul_(s) if inplace else x * s

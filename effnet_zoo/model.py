@@ -1,15 +1,17 @@
 """The EfficientNet-V1 network: stem, seven stages of MBConv blocks, head; timm's model API."""
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: FX copies forward()'s annotations into the code of its graphs,
+# and scripting those graphs cannot read string annotations.
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import List, Optional, Tuple, Union  # noqa: UP035  (TorchScript reads these in forward_intermediates)
 
 import torch
 from timm.layers import create_classifier, get_act_layer
 from timm.models import checkpoint_seq
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureGetterNet, feature_take_indices
 from torch import nn
 
 from .blocks import MBConv
@@ -19,6 +21,84 @@ from .scaling import BASE_STAGES, HEAD_CHANNELS, STEM_CHANNELS, StageConfig, rou
 ActLayer = str | Callable[[], nn.Module]
 
 
+OUTPUT_STRIDES = (2, 4, 8, 16, 32)
+
+
+def checked_input(
+    x: torch.Tensor,
+    in_chans: int,
+    min_size: int,
+    weight: Optional[torch.Tensor],  # noqa: UP045
+    cpu_channels_last: bool,
+) -> torch.Tensor:
+    """The model's input, checked (a clear error for what would fail or mislead later), on CPU in channels_last.
+
+    A leaf for FX (``torch.fx.wrap`` below): a symbolic trace records one call, and the traced module still checks
+    every input it is given. ``weight`` is the stem's (None once quantized), for the dtype check.
+    """
+    if not torch.jit.is_scripting():  # a scripted FX graph calls this function too: it keeps the layout step
+        if not torch.jit.is_tracing():  # a traced graph cannot branch on sizes or values
+            _check_input(x, in_chans, min_size, weight)
+            if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+                _check_values(x)
+    if cpu_channels_last and x.device.type == "cpu":
+        # oneDNN's kernels (depthwise above all) are much faster on NHWC activations; values are unchanged
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+torch.fx.wrap("checked_input")
+
+
+def _check_input(x: torch.Tensor, in_chans: int, min_size: int, weight: torch.Tensor | None) -> None:
+    if x.dim() != 4:
+        raise ValueError(
+            f"expected a 4-D image batch (N, C, H, W), got a {x.dim()}-D tensor of shape {tuple(x.shape)}; "
+            "add a batch dimension with x.unsqueeze(0)"
+        )
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"expected {in_chans} input channels (N, {in_chans}, H, W), got {x.shape[1]} in shape "
+            f"{tuple(x.shape)}; channels-last images need x.permute(0, 3, 1, 2), other channel counts "
+            "need create_model(..., in_chans=C)"
+        )
+    if not (x.is_floating_point() or x.is_quantized):
+        raise ValueError(
+            f"expected a floating-point image batch normalised with the model's mean/std, got {x.dtype}; "
+            "preprocess with timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))"
+        )
+    if (
+        isinstance(weight, torch.Tensor)
+        and x.is_floating_point()
+        and x.dtype != weight.dtype
+        and not torch.is_autocast_enabled(x.device.type)
+    ):
+        raise ValueError(
+            f"input dtype {x.dtype} differs from the model's {weight.dtype}; convert one to the other "
+            f"(x.to({weight.dtype}) or model.to({x.dtype})), or run under torch.autocast"
+        )
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(
+            f"input {x.shape[2]}x{x.shape[3]} is smaller than the network's total stride: expected at least "
+            f"{min_size}x{min_size} pixels; resize the image (pretrained_cfg['input_size'] is what the "
+            "weights were trained at)"
+        )
+
+
+def _check_values(x: torch.Tensor) -> None:
+    """NaN/Inf in the input would only surface as NaN logits; say so where it enters.
+
+    CPU only: on CUDA the test would force a host sync every forward, and compiled graphs cannot branch on values.
+    """
+    # one sum (0.3 ms for 16 images at 224 px; isfinite().all() takes 11 ms) is finite unless a value is not,
+    # or unless huge finite values overflow it: the exact count below then decides
+    if x.device.type == "cpu" and not torch.isfinite(x.sum()) and (bad := (~torch.isfinite(x)).sum().item()):
+        raise ValueError(
+            f"the input holds {bad} NaN/Inf values of {x.numel()}; check the image decoding and normalisation "
+            "that produced it"
+        )
+
+
 class EfficientNet(nn.Module):
     """EfficientNet-V1 (Tan & Le, ICML 2019), numerically identical to the TensorFlow original.
 
@@ -26,8 +106,10 @@ class EfficientNet(nn.Module):
         width_mult, depth_mult: compound-scaling coefficients applied to ``stages``.
         num_classes: classifier outputs; 0 removes the classifier (``forward`` returns pooled features).
         in_chans: input channels.
-        drop_rate: dropout before the classifier.
-        drop_path_rate: stochastic-depth rate of the last block; earlier blocks get a linear ramp.
+        drop_rate: dropout before the classifier (0, as in every timm model; the paper trained B0 with 0.2,
+            growing to 0.5 for B7: ``Scaling.dropout``, the ``finetune`` command's default).
+        drop_path_rate: stochastic-depth rate of the last block; earlier blocks get a linear ramp (0; the paper
+            trained with 0.2).
         global_pool: timm pool type ('avg', 'max', 'avgmax', '' for none).
         padding: 'same' (TensorFlow, for Google's checkpoints) or 'symmetric' (torchvision / timm-native).
         bn_eps, bn_momentum: BatchNorm settings; the defaults are TF's 1e-3 and 0.99 decay.
@@ -36,6 +118,9 @@ class EfficientNet(nn.Module):
         fix_stem_head: keep stem and head channels unscaled (as EfficientNet-Lite does).
         fix_first_last: keep the first and last stages' repeats unscaled (EfficientNet-Lite).
         se_ratio: override every stage's squeeze-excitation ratio (0 removes SE, as in Lite).
+        output_stride: 32, or 16 / 8 (2 / 4) for dense prediction: once the running stride reaches it, later
+            strided stages keep their resolution and dilate their depthwise convs instead (timm's semantics).
+        device, dtype: where and in what float type to create the parameters (``device="meta"``: no memory).
     """
 
     def __init__(
@@ -44,8 +129,8 @@ class EfficientNet(nn.Module):
         depth_mult: float = 1.0,
         num_classes: int = 1000,
         in_chans: int = 3,
-        drop_rate: float = 0.2,
-        drop_path_rate: float = 0.2,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
         global_pool: str = "avg",
         padding: Padding = "same",
         bn_eps: float = 1e-3,
@@ -57,20 +142,26 @@ class EfficientNet(nn.Module):
         fix_stem_head: bool = False,
         fix_first_last: bool = False,
         se_ratio: float | None = None,
+        output_stride: int = 32,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
         act = get_act_layer(act_layer) if isinstance(act_layer, str) else act_layer
         # What rebuilds this network (config.json's model_args); num_classes / global_pool are read live.
         self.model_args = dict(
             width_mult=width_mult, depth_mult=depth_mult, in_chans=in_chans, drop_rate=drop_rate,
             drop_path_rate=drop_path_rate, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum,
             act_layer=act_layer, fix_stem_head=fix_stem_head,
-            fix_first_last=fix_first_last, se_ratio=se_ratio,
+            fix_first_last=fix_first_last, se_ratio=se_ratio, output_stride=output_stride,
         )  # fmt: skip
         norm = dict(padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
+        self.output_stride = output_stride
         self.grad_checkpointing = False
         # On CPU, oneDNN's kernels (depthwise above all) are much faster on NHWC activations: inputs are moved
         # to channels_last inside the network; values are unchanged. Set False to keep NCHW throughout.
@@ -82,48 +173,66 @@ class EfficientNet(nn.Module):
         stages = tuple(stages) if se_ratio is None else tuple(replace(s, se_ratio=se_ratio) for s in stages)
         self.stage_configs = scale_stages(stages, width_mult, depth_mult, fix_first_last)
 
-        stem_out = stem_channels if fix_stem_head else round_channels(stem_channels, width_mult)
-        self.stem = ConvBnAct(in_chans, stem_out, 3, stride=2, act_layer=act, **norm)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            stem_out = stem_channels if fix_stem_head else round_channels(stem_channels, width_mult)
+            self.stem = ConvBnAct(in_chans, stem_out, 3, stride=2, act_layer=act, **norm)
 
-        num_blocks = sum(s.repeats for s in self.stage_configs)
-        block_idx, channels, reduction = 0, stem_out, 2
-        stage_modules: list[nn.Module] = []
-        self.feature_info = []
-        for stage_idx, cfg in enumerate(self.stage_configs):
-            blocks = []
-            for i in range(cfg.repeats):
-                blocks.append(
-                    MBConv(
-                        channels,
-                        cfg.out_channels,
-                        cfg.kernel_size,
-                        cfg.stride if i == 0 else 1,
-                        cfg.expand_ratio,
-                        cfg.se_ratio,
-                        drop_path_rate * block_idx / num_blocks,
-                        act_layer=act,
-                        **norm,
+            num_blocks = sum(s.repeats for s in self.stage_configs)
+            block_idx, channels, reduction, dilation = 0, stem_out, 2, 1
+            stage_modules: list[nn.Module] = []
+            self.feature_info = []
+            for stage_idx, cfg in enumerate(self.stage_configs):
+                # Past output_stride a strided stage keeps resolution: its first block runs at the dilation so far,
+                # the rest at the dilation times the stride it gave up (timm's rule, so the same weights agree).
+                stride, next_dilation = cfg.stride, dilation
+                if stride > 1 and reduction * stride > output_stride:
+                    stride, next_dilation = 1, dilation * stride
+                reduction *= stride
+                blocks = []
+                for i in range(cfg.repeats):
+                    blocks.append(
+                        MBConv(
+                            channels,
+                            cfg.out_channels,
+                            cfg.kernel_size,
+                            stride if i == 0 else 1,
+                            cfg.expand_ratio,
+                            cfg.se_ratio,
+                            drop_path_rate * block_idx / num_blocks,
+                            act_layer=act,
+                            dilation=dilation if i == 0 else next_dilation,
+                            **norm,
+                        )
                     )
-                )
-                channels = cfg.out_channels
-                block_idx += 1
-            stage_modules.append(nn.Sequential(*blocks))
-            reduction *= cfg.stride
-            # A pyramid level is the last map at each resolution (timm's convention for necks).
-            is_last = stage_idx == len(self.stage_configs) - 1
-            if is_last or self.stage_configs[stage_idx + 1].stride > 1:
-                self.feature_info.append(
-                    dict(num_chs=channels, reduction=reduction, module=f"blocks.{stage_idx}", stage=stage_idx + 1)
-                )
-        self.blocks = nn.Sequential(*stage_modules)
-        self.stage_ends = [info["stage"] for info in self.feature_info]
+                    channels = cfg.out_channels
+                    block_idx += 1
+                dilation = next_dilation
+                stage_modules.append(nn.Sequential(*blocks))
+                # A pyramid level is the last map at each resolution (timm's convention for necks).
+                is_last = stage_idx == len(self.stage_configs) - 1
+                if is_last or self.stage_configs[stage_idx + 1].stride > 1:
+                    self.feature_info.append(
+                        dict(num_chs=channels, reduction=reduction, module=f"blocks.{stage_idx}", stage=stage_idx + 1)
+                    )
+            self.blocks = nn.Sequential(*stage_modules)
+            self.stage_ends = [info["stage"] for info in self.feature_info]
 
-        head_out = head_channels if fix_stem_head else round_channels(head_channels, width_mult)
-        self.head = ConvBnAct(channels, head_out, 1, act_layer=act, **norm)
-        self.num_features = self.head_hidden_size = head_out
-        self.head_drop = nn.Dropout(drop_rate)
-        self.global_pool, self.classifier = create_classifier(head_out, num_classes, pool_type=global_pool)
-        self._init_weights()
+            head_out = head_channels if fix_stem_head else round_channels(head_channels, width_mult)
+            self.head = ConvBnAct(channels, head_out, 1, act_layer=act, **norm)
+            self.num_features = head_out
+            self.head_drop = nn.Dropout(drop_rate)
+            self.global_pool, self.classifier = create_classifier(head_out, num_classes, pool_type=global_pool)
+            self.head_hidden_size = head_out * self.global_pool.feat_mult()
+            self._init_weights()
+        if dtype is not None:
+            self.to(dtype=dtype)
+
+    @property
+    def conv_stem(self) -> nn.Conv2d:
+        """The stem convolution under timm's EfficientNet name (``pretrained_cfg['first_conv']`` is ours)."""
+        return self.stem.conv
+
+    __jit_unused_properties__ = ["conv_stem"]  # noqa: RUF012  (TorchScript's opt-out list)
 
     def _init_weights(self) -> None:
         """TF's initialisers: conv normal(0, sqrt(2 / fan_out)), dense uniform(+-1/sqrt(fan_out)).
@@ -169,73 +278,28 @@ class EfficientNet(nn.Module):
         return self.classifier
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the classifier (e.g. for fine-tuning); ``num_classes=0`` removes it."""
+        """Replace the classifier (e.g. for fine-tuning); ``num_classes=0`` removes it.
+
+        The new pool and classifier take the model's device, dtype and train/eval mode.
+        """
         self.num_classes = num_classes
         if global_pool is None:
             global_pool = self.global_pool.pool_type
         ref = next(self.parameters())
         self.global_pool, self.classifier = create_classifier(self.num_features, num_classes, pool_type=global_pool)
         self.classifier.to(device=ref.device, dtype=ref.dtype)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(
-                f"expected a 4-D image batch (N, C, H, W), got a {x.dim()}-D tensor of shape {tuple(x.shape)}; "
-                "add a batch dimension with x.unsqueeze(0)"
-            )
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected {self.in_chans} input channels (N, {self.in_chans}, H, W), got {x.shape[1]} in shape "
-                f"{tuple(x.shape)}; channels-last images need x.permute(0, 3, 1, 2), other channel counts "
-                "need create_model(..., in_chans=C)"
-            )
-        if not (x.is_floating_point() or x.is_quantized):
-            raise ValueError(
-                f"expected a floating-point image batch normalised with the model's mean/std, got {x.dtype}; "
-                "preprocess with timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))"
-            )
-        weight = getattr(self.stem.conv, "weight", None)  # a method, not a tensor, once quantized
-        if (
-            isinstance(weight, torch.Tensor)
-            and x.is_floating_point()
-            and x.dtype != weight.dtype
-            and not torch.is_autocast_enabled(x.device.type)
-        ):
-            raise ValueError(
-                f"input dtype {x.dtype} differs from the model's {weight.dtype}; convert one to the other "
-                f"(x.to({weight.dtype}) or model.to({x.dtype})), or run under torch.autocast"
-            )
-        min_size = self.feature_info[-1]["reduction"]
-        if x.shape[2] < min_size or x.shape[3] < min_size:
-            raise ValueError(
-                f"input {x.shape[2]}x{x.shape[3]} is smaller than the network's total stride: expected at least "
-                f"{min_size}x{min_size} pixels; resize the image (pretrained_cfg['input_size'] is what the "
-                "weights were trained at)"
-            )
-
-    def _check_values(self, x: torch.Tensor) -> None:
-        """NaN/Inf in the input would only surface as NaN logits; say so where it enters.
-
-        CPU eager only: on CUDA the test would force a host sync every forward, and traced or compiled graphs
-        cannot branch on values.
-        """
-        # one sum (0.3 ms for 16 images at 224 px; isfinite().all() takes 11 ms) is finite unless a value is not,
-        # or unless huge finite values overflow it: the exact count below then decides
-        if x.device.type == "cpu" and not torch.isfinite(x.sum()) and (bad := (~torch.isfinite(x)).sum().item()):
-            raise ValueError(
-                f"the input holds {bad} NaN/Inf values of {x.numel()}; check the image decoding and normalisation "
-                "that produced it"
-            )
+        self.global_pool.train(self.training)
+        self.classifier.train(self.training)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
 
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            self._check_input(x)
-            if not (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()):
-                self._check_values(x)
-        x = self._unmirror(x)
-        if self.cpu_channels_last and x.device.type == "cpu":
+            weight = self.stem.conv.weight  # a method, not a tensor, once quantized; an FX proxy while traced
+            weight = weight if isinstance(weight, (torch.Tensor, torch.fx.Proxy)) else None
+            x = checked_input(x, self.in_chans, self.feature_info[-1]["reduction"], weight, self.cpu_channels_last)
+        elif self.cpu_channels_last and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return self._unmirror(x)
 
     def _unmirror(self, x: torch.Tensor) -> torch.Tensor:
         """Flip a map between the caller's orientation and the mirrored one (an involution)."""
@@ -257,50 +321,93 @@ class EfficientNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     # ---- features for detection / segmentation necks -------------------------------------------
+    def _take_indices(
+        self,
+        indices: Optional[Union[int, List[int]]],  # noqa: UP006, UP007, UP045
+        extra_blocks: bool,
+    ) -> Tuple[List[int], List[int], int]:  # noqa: UP006
+        """timm's index semantics: (indices taken, the stages that end them (0 = stem), the last stage needed).
+
+        Feature levels index ``feature_info``; with ``extra_blocks`` every stage is an index, the stem 0.
+        """
+        if extra_blocks:
+            take, max_index = feature_take_indices(len(self.blocks) + 1, indices)
+            return take, take, max_index
+        take, max_index = feature_take_indices(len(self.stage_ends), indices)
+        return take, [self.stage_ends[i] for i in take], self.stage_ends[max_index]
+
     def forward_intermediates(
         self,
         x: torch.Tensor,
-        indices: int | list[int] | tuple[int, ...] | None = None,
+        indices: Optional[Union[int, List[int]]] = None,  # noqa: UP006, UP007, UP045
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Pyramid maps at ``feature_info`` levels (strides 2..32); timm's semantics for ``indices``."""
+        extra_blocks: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:  # noqa: UP006, UP007
+        """Pyramid maps at ``feature_info`` levels (strides 2..32); timm's semantics for every argument.
+
+        Written for TorchScript too (typing names, no break over the stages): scripted ``features_only``
+        backbones and the necks built on them call it.
+        """
         if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        x = self._prepare_input(x)
-        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
-        take_stages = {self.stage_ends[i] for i in take_indices}
-        last_stage = self.stage_ends[max_index] if stop_early else len(self.blocks)
-        intermediates = []
-        x = self.stem(x)
-        for stage_idx, stage in enumerate(self.blocks):
-            if stage_idx >= last_stage:
-                break
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-            if stage_idx + 1 in take_stages:
-                intermediates.append(self._unmirror(x))
+            raise ValueError("output_fmt must be 'NCHW', got " + output_fmt)
+        final, intermediates = self._forward_intermediates(x, indices, stop_early, extra_blocks, intermediates_only)
         if intermediates_only:
             return intermediates
-        return self._unmirror(self.head(x)), intermediates
+        return final, intermediates
+
+    def _forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]],  # noqa: UP006, UP007, UP045
+        stop_early: bool,
+        extra_blocks: bool,
+        intermediates_only: bool,
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:  # noqa: UP006
+        """forward_intermediates with one return type, for scripted callers that iterate the maps."""
+        _, take_stages, max_stage = self._take_indices(indices, extra_blocks)
+        last_stage = max_stage if stop_early or intermediates_only else len(self.blocks)
+        intermediates: List[torch.Tensor] = []  # noqa: UP006
+        x = self.stem(self._prepare_input(x))
+        if 0 in take_stages:
+            intermediates.append(self._unmirror(x))
+        stage_idx = 0
+        for stage in self.blocks:
+            stage_idx += 1
+            if stage_idx <= last_stage:
+                if self.grad_checkpointing and not torch.jit.is_scripting():
+                    x = checkpoint_seq(stage, x)
+                else:
+                    x = stage(x)
+                if stage_idx in take_stages:
+                    intermediates.append(self._unmirror(x))
+        if not intermediates_only and last_stage == self.stage_ends[-1]:  # the head follows the last stage only
+            x = self.head(x)
+        return self._unmirror(x), intermediates
 
     def prune_intermediate_layers(
         self,
-        indices: int | list[int] | tuple[int, ...] = 1,
+        indices: Union[int, List[int]] = 1,  # noqa: UP006, UP007
         prune_norm: bool = False,
         prune_head: bool = True,
-    ) -> list[int]:
-        """Drop the stages after the last requested level (and the head) for a lean backbone."""
-        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
-        self.blocks = self.blocks[: self.stage_ends[max_index]]
-        if prune_head or prune_norm or self.stage_ends[max_index] < len(self.stage_configs):
+        extra_blocks: bool = False,
+    ) -> List[int]:  # noqa: UP006
+        """Drop the stages after the last requested level (and the head) for a lean backbone.
+
+        Once the head goes, ``num_features`` / ``head_hidden_size`` are the width of the last kept map, so
+        ``reset_classifier`` builds a classifier that fits it.
+        """
+        take, _, max_stage = self._take_indices(indices, extra_blocks)
+        channels = self.stage_configs[max_stage - 1].out_channels if max_stage else self.stem.conv.out_channels
+        prune_end = prune_norm or prune_head or max_stage < len(self.blocks)
+        self.blocks = self.blocks[:max_stage]
+        if prune_end:
             self.head = nn.Identity()
+            self.num_features = channels
             self.reset_classifier(0, "")
-        return take_indices
+        return take
 
     def get_features(self, x: torch.Tensor, strides: Sequence[int] = (2, 4, 8, 16, 32)) -> list[torch.Tensor]:
         """Multi-scale maps for a neck, one per requested output stride (default: all five levels)."""
@@ -310,3 +417,20 @@ class EfficientNet(nn.Module):
             raise ValueError(f"strides {unknown} are not feature levels of this network; choose from {available}")
         indices = sorted(available.index(s) for s in strides)
         return self.forward_intermediates(x, indices=indices, intermediates_only=True)
+
+
+class EfficientNetFeatures(FeatureGetterNet):
+    """timm's ``features_only`` wrapper (``forward_intermediates`` at ``out_indices``), with gradient checkpointing.
+
+    timm's ``FeatureGetterNet`` does not forward ``set_grad_checkpointing``, which segmentation and detection
+    code calls on the encoder, and its ``forward`` is typed as ``forward_intermediates`` (a list or a tuple), which
+    scripted necks cannot iterate.
+    """
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:  # noqa: UP006
+        # one return type (forward_intermediates may return a tuple): scripted callers iterate the maps
+        return self.model._forward_intermediates(x, self.out_indices, True, False, True)[1]
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)

@@ -17,7 +17,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCE
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from .hub import explain_hub_error
-from .model import EfficientNet
+from .model import EfficientNet, EfficientNetFeatures
 from .scaling import LITE_VARIANTS, VARIANTS, Scaling, scaling_from_phi
 from .weights.timm_format import checkpoint_filter_fn, source_file, weights_source
 from .weights.torch_file import CorruptWeightsError, raised_by_torch_load, torch_load_error, unreadable_safetensors
@@ -104,21 +104,44 @@ def _tagged_cfgs() -> dict[str, dict[str, Any]]:
 default_cfgs = generate_default_cfgs(_tagged_cfgs())
 
 
+# Stochastic depth of the last block in Google's training of every variant (TF's drop_connect_rate).
+PAPER_DROP_PATH_RATE = 0.2
+
+
+def paper_regularization(architecture: str) -> dict[str, float]:
+    """The dropout and stochastic-depth rates Google trained ``architecture`` with ({} if not a published variant).
+
+    Our models default to 0 for both, as timm's do; ``finetune`` starts from these instead.
+    """
+    variant = architecture.split(".")[0].rsplit("_", 1)[-1]
+    scaling = VARIANTS.get(variant) if architecture.startswith("effnet_v1_") else LITE_VARIANTS.get(variant)
+    if scaling is None:
+        return {}
+    return {"drop_rate": scaling.dropout, "drop_path_rate": PAPER_DROP_PATH_RATE}
+
+
 class PretrainedWeightsUnavailable(RuntimeError):
     """The Hub could not supply a checkpoint (offline without a cached copy, missing repo or file)."""
 
 
 def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> EfficientNet:
+    """Every variant's builder. Dropout and stochastic depth stay 0 unless asked for, as in every timm model
+    (``Scaling.dropout`` holds the rates the paper trained each variant with)."""
     kwargs.setdefault("width_mult", scaling.width_mult)
     kwargs.setdefault("depth_mult", scaling.depth_mult)
-    kwargs.setdefault("drop_rate", scaling.dropout)
+    # features_only: timm's getter wrapper over forward_intermediates, with set_grad_checkpointing; a caller's
+    # feature_cfg / feature_cls ('fx', 'hook', a class) still decides
+    feature_cfg = {"feature_cls": EfficientNetFeatures, **(kwargs.pop("feature_cfg", None) or {})}
+    for cfg in (feature_cfg, kwargs):
+        if cfg.get("feature_cls") == "getter":
+            cfg["feature_cls"] = EfficientNetFeatures
     try:
         return build_model_with_cfg(
             EfficientNet,
             name,
             pretrained,
             pretrained_filter_fn=functools.partial(checkpoint_filter_fn, strict=kwargs.get("pretrained_strict", True)),
-            feature_cfg=dict(feature_cls="getter"),
+            feature_cfg=feature_cfg,
             **kwargs,
         )
     except Exception as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from pathlib import Path
 
@@ -36,6 +37,27 @@ def load_pretrained(name: str, **kwargs) -> nn.Module:
         return timm.create_model(name, pretrained=True, **kwargs)
     except (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled) as e:  # fetching an hf-hub: config.json
         raise PretrainedWeightsUnavailable(explain_hub_error(e, f"could not load {name!r}")) from e
+
+
+def architecture_of(name: str) -> str:
+    """The registered architecture behind a model name: the name itself, or a folder's / Hub repo's config.json's.
+
+    The name comes back unchanged when the config cannot be read here (the model's own load then explains why).
+    """
+    if os.path.isdir(name) and not name.startswith(("local-dir:", "hf-hub:")):
+        name = f"local-dir:{name}"
+    try:
+        if name.startswith("local-dir:"):
+            config = Path(name.removeprefix("local-dir:")) / "config.json"
+        elif name.startswith("hf-hub:"):
+            from huggingface_hub import hf_hub_download
+
+            config = Path(hf_hub_download(name.removeprefix("hf-hub:").split("@")[0], "config.json"))
+        else:
+            return name
+        return str(json.loads(config.read_text()).get("architecture", name))
+    except (OSError, ValueError, AttributeError, EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled):
+        return name
 
 
 def class_ids(model: nn.Module) -> list[str] | None:

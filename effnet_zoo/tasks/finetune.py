@@ -31,7 +31,8 @@ from tqdm import tqdm
 from .._io import atomic_write, atomic_write_text
 from ..hub import save_pretrained
 from ..weights.torch_file import torch_load_error
-from .common import autocast, load_pretrained, resolve_device
+from ..zoo import paper_regularization
+from .common import architecture_of, autocast, load_pretrained, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -164,7 +165,8 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
     classes = list(train_ds.reader.class_to_idx)
     val_ds = _dataset(data, "val", classes)
 
-    kwargs: dict = {"num_classes": len(classes)}
+    # the rates Google trained the variant with, unless asked otherwise (the models themselves default to 0)
+    kwargs: dict = {"num_classes": len(classes), **paper_regularization(architecture_of(cfg.model))}
     if cfg.drop_path is not None:
         kwargs["drop_path_rate"] = cfg.drop_path
     if cfg.drop_rate is not None:
