@@ -124,9 +124,42 @@ class PretrainedWeightsUnavailable(RuntimeError):
     """The Hub could not supply a checkpoint (offline without a cached copy, missing repo or file)."""
 
 
+# The arguments timm's tf_efficientnet_bN takes beyond ours: under our name where the meaning is the same, else
+# refused with the reason (a TypeError, as for any unknown argument).
+TIMM_ALIASES = {"pad_type": "padding"}
+TIMM_PAD_TYPES = {"same": "same", "": "symmetric"}
+TIMM_REFUSED = {
+    "fix_stem": "fix_stem_head=True keeps both stem and head unscaled (EfficientNet-Lite's rule)",
+    "stem_kernel_size": "the stem is the paper's 3x3 conv",
+    "norm_layer": "BatchNorm is set with bn_eps / bn_momentum",
+    "se_layer": "SE is set with se_ratio (0 removes it)",
+    "aa_layer": "anti-aliased downsampling is not part of EfficientNet-V1",
+    "round_chs_fn": "channels round as the paper's round_filters (effnet_zoo.scaling.round_channels)",
+    "channel_divisor": "channels round to multiples of 8, as every released checkpoint",
+    "group_size": "depthwise convolutions are what EfficientNet-V1 uses",
+    "block_args": "stages are StageConfig dataclasses: pass stages=(StageConfig(...), ...)",
+}
+
+
+def _timm_arguments(kwargs: dict[str, Any]) -> None:
+    """Accept timm's EfficientNet argument names that mean the same here; refuse the rest with a reason."""
+    for timm_name, ours in TIMM_ALIASES.items():
+        if timm_name in kwargs:
+            value = kwargs.pop(timm_name)
+            if timm_name == "pad_type":
+                if value not in TIMM_PAD_TYPES:
+                    raise ValueError(f"pad_type must be 'same' (TF) or '' (symmetric), got {value!r}")
+                value = TIMM_PAD_TYPES[value]
+            kwargs[ours] = value
+    for timm_name, reason in TIMM_REFUSED.items():
+        if timm_name in kwargs:
+            raise TypeError(f"{timm_name!r} is a timm EfficientNet argument that does not apply here: {reason}")
+
+
 def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> EfficientNet:
     """Every variant's builder. Dropout and stochastic depth stay 0 unless asked for, as in every timm model
     (``Scaling.dropout`` holds the rates the paper trained each variant with)."""
+    _timm_arguments(kwargs)
     kwargs.setdefault("width_mult", scaling.width_mult)
     kwargs.setdefault("depth_mult", scaling.depth_mult)
     # features_only: timm's getter wrapper over forward_intermediates, with set_grad_checkpointing; a caller's

@@ -87,6 +87,19 @@ def test_dropout_and_drop_path_default_to_zero_as_in_timm():
     assert effnet_zoo.zoo.paper_regularization("effnet_v1_phi") == {}
 
 
+def test_timm_argument_names_mean_the_same_or_are_refused():
+    """timm's EfficientNet arguments: the same network as timm's port builds, or a TypeError that says why."""
+    ref, ours = _pair("b0", seed=19, pad_type="")  # timm's symmetric padding, the same weights
+    assert ours.model_args["padding"] == "symmetric"
+    x = _x(1, 3, 224, 224)
+    with torch.no_grad():
+        assert_rel_close(ours(x), ref(x), 1e-4)
+    with pytest.raises(TypeError, match="'norm_layer' is a timm EfficientNet argument .*bn_eps / bn_momentum"):
+        timm.create_model("effnet_v1_b0", norm_layer=torch.nn.BatchNorm2d)
+    with pytest.raises(TypeError):
+        timm.create_model("effnet_v1_b0", not_a_model_arg=1)
+
+
 def test_device_and_dtype_arguments():
     meta = timm.create_model("effnet_v1_l2", device="meta", dtype=torch.bfloat16)
     tensors = [*meta.parameters(), *meta.buffers()]
