@@ -105,6 +105,8 @@ def _push(args: argparse.Namespace) -> int:
     print(("would upload to " if args.dry_run else "uploaded to ") + where + ":")
     for path, size in plan.files:
         print(f"  {path}  ({size:,} bytes)")
+    for path, why in plan.skipped:
+        print(f"  not uploaded: {path}  ({why})")
     if plan.url:
         print(plan.url)
     return 0

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
+import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +284,45 @@ class PushPlan:
     private: bool
     files: list[tuple[str, int]]  # (path in repo, bytes)
     url: str | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path in the folder, why it is not uploaded)
+
+
+def upload_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """What a push of ``folder`` uploads: its regular files, and (path, reason) for everything left out.
+
+    Links are never followed (one to a file outside the folder would publish that file), and hidden paths
+    (``.git``, ``.cache``, a ``.secrets/`` folder, dot-files) stay private. The weights and config themselves
+    must be regular files.
+    """
+    files, skipped = [], []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        here = Path(root)
+        for d in sorted(dirs):
+            rel = (here / d).relative_to(folder).as_posix()
+            if d.startswith("."):
+                skipped.append((rel + "/", "hidden"))
+            elif (here / d).is_symlink():
+                skipped.append((rel + "/", "a symbolic link"))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (here / d).is_symlink())
+        for name in sorted(names):
+            path = here / name
+            rel = path.relative_to(folder).as_posix()
+            mode = path.lstat().st_mode
+            if name.startswith("."):
+                skipped.append((rel, "hidden"))
+            elif stat.S_ISLNK(mode):
+                skipped.append((rel, "a symbolic link"))
+            elif not stat.S_ISREG(mode):
+                skipped.append((rel, "not a regular file"))
+            else:
+                files.append(path)
+    required = {WEIGHTS_NAME, CONFIG_NAME} - {p.relative_to(folder).as_posix() for p in files}
+    if required:
+        raise FileNotFoundError(
+            f"{folder} has no regular file {' or '.join(sorted(required))} (a link or special file is not "
+            "uploaded): save the model with effnet_zoo first"
+        )
+    return sorted(files), skipped
 
 
 def push_to_hub(
@@ -300,19 +341,25 @@ def push_to_hub(
     ``dry_run`` needs no token or network: it returns the exact files the commit would upload.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f"--repo-id {repo_id!r} is not a Hub repository id ({e}); expected 'org/name'") from e
     with tempfile.TemporaryDirectory() as tmp:
         if isinstance(model_or_folder, nn.Module):
             folder = save_pretrained(model_or_folder, Path(tmp) / "model", label_names, training)
         else:
             folder = Path(model_or_folder)
-            missing = [n for n in (WEIGHTS_NAME, CONFIG_NAME) if not (folder / n).is_file()]
-            if missing:
-                raise FileNotFoundError(f"{folder} lacks {', '.join(missing)}: save it with effnet_zoo first")
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{folder} is not a folder: push a folder saved with effnet_zoo")
+        files, skipped = upload_files(folder)
         plan = PushPlan(
-            repo_id, revision, private, [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in files]
-        )
+            repo_id, revision, private, [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in files],
+            skipped=skipped,
+        )  # fmt: skip
         if dry_run:
             return plan
         operations = [

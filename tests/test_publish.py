@@ -1,6 +1,7 @@
 """Saving and publishing a fine-tuned model: local-dir and hf-hub round trips, dry-run upload, failures."""
 
 import json
+import os
 
 import pytest
 import timm
@@ -79,3 +80,36 @@ def test_unserialisable_model_args_are_refused_not_dropped(tmp_path):
     with pytest.raises(ValueError, match="act_layer=.*cannot be written to config.json"):
         effnet_zoo.save_pretrained(model, tmp_path / "gelu")
     assert not (tmp_path / "gelu").exists()
+
+
+def test_push_uploads_only_the_folders_own_regular_files(finetuned, tmp_path):
+    """No link out of the folder (it would publish that file), no hidden path (.git, .secrets/), no FIFO."""
+    out = effnet_zoo.save_pretrained(finetuned, tmp_path / "fruit", label_names=LABELS)
+    (tmp_path / "private.txt").write_text("not for the Hub")
+    (out / "notes.txt").symlink_to(tmp_path / "private.txt")
+    (out / "linked-dir").symlink_to(tmp_path, target_is_directory=True)
+    (out / ".secrets").mkdir()
+    (out / ".secrets" / "hf_token").write_text("hf_xxx")
+    (out / ".git").mkdir()
+    (out / "extra").mkdir()
+    (out / "extra" / "eval.json").write_text("{}")
+    os.mkfifo(out / "pipe")
+    plan = effnet_zoo.push_to_hub(out, "acme/effnet-fruit", dry_run=True)
+    assert [p for p, _ in plan.files] == ["README.md", "config.json", "extra/eval.json", "model.safetensors"]
+    assert dict(plan.skipped) == {
+        ".git/": "hidden", ".secrets/": "hidden", "linked-dir/": "a symbolic link",
+        "notes.txt": "a symbolic link", "pipe": "not a regular file",
+    }  # fmt: skip
+    dry = cli("push", out, "--repo-id", "acme/fruit", "--dry-run")
+    assert "not uploaded: notes.txt  (a symbolic link)" in dry.stdout and "hf_token" not in dry.stdout
+
+
+def test_push_refuses_linked_weights_and_invalid_repo_ids(finetuned, tmp_path):
+    out = effnet_zoo.save_pretrained(finetuned, tmp_path / "fruit", label_names=LABELS)
+    for bad in ("acme/effnet fruit", "../x", "", "a/" + "x" * 200, "a/b/c"):
+        result = cli("push", out, "--repo-id", bad, "--dry-run")
+        assert result.returncode == 2 and "is not a Hub repository id" in result.stderr, bad
+    (out / "model.safetensors").rename(tmp_path / "weights.safetensors")
+    (out / "model.safetensors").symlink_to(tmp_path / "weights.safetensors")
+    with pytest.raises(FileNotFoundError, match="has no regular file model.safetensors"):
+        effnet_zoo.push_to_hub(out, "acme/effnet-fruit", dry_run=True)

@@ -304,3 +304,51 @@ def test_cli_reports_os_errors_in_one_line(tmp_path):
 def test_cli_refuses_out_of_range_arguments_before_doing_anything(argv, message):
     done = cli(*argv)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def _keras_file_pointing_outside(tmp_path: Path, kind: str) -> Path:
+    """The real Keras fixture with its classifier kernel replaced by data from outside the file."""
+    import h5py
+    import numpy as np
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(128 * 10, dtype=np.float32).tobytes())  # a "local secret" of the kernel's size
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as o:
+        o["kernel"] = np.ones((128, 10), np.float32)
+    dst = tmp_path / f"{kind}.h5"
+    shutil.copy(Path(__file__).parent / "fixtures" / "tiny_keras_legacy.h5", dst)
+    with h5py.File(dst, "a") as f:
+        group = f["predictions/predictions"]
+        del group["kernel"]
+        if kind == "external-storage":
+            group.create_dataset("kernel", (128, 10), np.float32, external=[(str(secret), 0, 128 * 10 * 4)])
+        elif kind == "external-link":
+            group["kernel"] = h5py.ExternalLink(str(other), "/kernel")
+        elif kind == "soft-link":
+            f["elsewhere"] = np.ones((128, 10), np.float32)
+            group["kernel"] = h5py.SoftLink("/elsewhere")
+        elif kind == "virtual":
+            layout = h5py.VirtualLayout((128, 10), np.float32)
+            layout[:] = h5py.VirtualSource(str(other), "kernel", shape=(128, 10))
+            group.create_virtual_dataset("kernel", layout)
+        elif kind == "fifo-link":
+            os.mkfifo(tmp_path / "fifo.h5")
+            group["kernel"] = h5py.ExternalLink(str(tmp_path / "fifo.h5"), "/kernel")
+    return dst
+
+
+@pytest.mark.parametrize("kind", ["external-storage", "external-link", "soft-link", "virtual", "fifo-link"])
+def test_keras_file_that_reads_outside_itself_is_refused(tmp_path, kind):
+    """A crafted .h5 cannot copy another file's bytes into the converted weights, nor hang on a FIFO."""
+    src = _keras_file_pointing_outside(tmp_path, kind)
+    out = tmp_path / "out"
+    with pytest.raises(
+        ConversionError, match=r"kernel is (an external link|a soft link|stored in another file|a virt)"
+    ):
+        convert(src, "keras-h5", "effnet_v1_b0", out, model_args=TINY)
+    assert not out.exists()
+    result = cli("convert", src, "--from", "keras-h5", "--model", "effnet_v1_b0", "--out", out,
+                 "--model-arg", "width_mult=0.1", "--model-arg", "depth_mult=0.3")  # fmt: skip
+    assert result.returncode == 2 and "only data stored inside the file is read" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()

@@ -146,3 +146,23 @@ def test_export_round_trip(lite0_dir, tmp_path, fmt, suffix):
     assert rel < 1e-4, out.stdout
     again = cli("export", "--model", f"local-dir:{lite0_dir}", "--format", fmt, "--out", target)
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_labels_and_paths_cannot_drive_the_terminal(lite0_dir, photos, tmp_path):
+    """A config.json's labels (and file names) are printed with their control characters escaped."""
+    import shutil
+
+    import timm
+
+    hostile = tmp_path / "lite0"
+    shutil.copytree(lite0_dir, hostile)
+    config = json.loads((hostile / "config.json").read_text())
+    synsets = timm.data.ImageNetInfo().label_names()
+    config["pretrained_cfg"]["label_names"] = list(synsets)
+    config["pretrained_cfg"]["label_descriptions"] = {"n07920052": "\x1b[2J\x1b[31mespresso\x1b[0m\r"}
+    (hostile / "config.json").write_text(json.dumps(config))
+    shutil.copy(photos / "coffee.jpg", tmp_path / "cup\x1b[8m.jpg")
+    out = cli("predict", tmp_path / "cup\x1b[8m.jpg", "--model", f"local-dir:{hostile}", "--topk", "1")
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout and "\r" not in out.stdout
+    assert "\\x1b[2J\\x1b[31mespresso\\x1b[0m\\r" in out.stdout and "cup\\x1b[8m.jpg" in out.stdout

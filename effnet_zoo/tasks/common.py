@@ -83,6 +83,14 @@ def class_names(model: nn.Module) -> list[str]:
     return [imagenet.label_name_to_description(c) if c in synsets else c for c in ids]
 
 
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences, carriage returns) shown escaped.
+
+    Labels come from config.json files and paths from the user's folders; neither may drive the terminal.
+    """
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def open_image(source: Path | bytes) -> Image.Image:
     """An RGB image from a file or its bytes, whatever its mode (grayscale, palette, CMYK, alpha); else a
     ValueError saying what is wrong: empty, not an image, damaged, or too large to decode safely."""

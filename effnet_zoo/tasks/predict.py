@@ -9,7 +9,7 @@ from pathlib import Path
 import timm
 import torch
 
-from .common import class_names, expand_image_paths, load_pretrained, open_image, resolve_device
+from .common import class_names, expand_image_paths, load_pretrained, open_image, printable, resolve_device
 
 
 @dataclass
@@ -78,10 +78,10 @@ def predict(
 def format_result(result: PredictResult) -> str:
     lines = []
     for p in result.predictions:
-        lines.append(p.path)
-        lines += [f"  {prob:7.2%}  {name}  ({idx})" for idx, name, prob in p.top]
+        lines.append(printable(p.path))
+        lines += [f"  {prob:7.2%}  {printable(name)}  ({idx})" for idx, name, prob in p.top]
     return "\n".join(lines)
 
 
 def report_skip(path: Path, error: Exception) -> None:
-    print(f"effnet-zoo: skipped {path}: {error}", file=sys.stderr)
+    print(f"effnet-zoo: skipped {printable(str(path))}: {printable(str(error))}", file=sys.stderr)

@@ -143,6 +143,40 @@ def _normalization(mean: list[float], var: list[float]) -> dict[str, Any]:
     return {"mean": tuple(round(m, 6) for m in mean), "std": tuple(round(s, 6) for s in std)}
 
 
+def _check_self_contained(h5py: Any, src: Path, f: Any) -> None:
+    """Refuse anything that takes its bytes from outside the file, before a single value is read.
+
+    HDF5 can point into other files (external and soft links, virtual datasets) or store a dataset's bytes in
+    another file ("external storage"): a crafted .h5 would then copy a local file, byte for byte, into the
+    converted weights, or hang on a FIFO. Keras never writes any of these. Links are inspected without being
+    followed; hard-linked groups are visited once (they may form cycles).
+    """
+    seen: set = set()
+    stack = [("", f)]
+    while stack:
+        path, group = stack.pop()
+        for name in group:
+            where = f"{path}/{name}"
+            link = group.get(name, getlink=True)
+            if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+                kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+                raise ConversionError(
+                    f"{src}: {where} is {kind}; only data stored inside the file is read (Keras writes no links), "
+                    "so this file is refused"
+                )
+            obj = group[name]
+            if isinstance(obj, h5py.Dataset):
+                if obj.external or obj.is_virtual:
+                    kind = "stored in another file" if obj.external else "a virtual dataset over other files"
+                    raise ConversionError(
+                        f"{src}: dataset {where} is {kind}; only data stored inside the file is read, so this file "
+                        "is refused"
+                    )
+            elif isinstance(obj, h5py.Group) and obj.id not in seen:
+                seen.add(obj.id)
+                stack.append((where, obj))
+
+
 def read(src: Path, model: nn.Module) -> Converted:
     h5py = _h5py()
     try:
@@ -150,6 +184,7 @@ def read(src: Path, model: nn.Module) -> Converted:
     except OSError as e:
         raise ConversionError(f"{src} is not a readable HDF5 file ({e}); expected a Keras .h5 / .weights.h5") from e
     with f:
+        _check_self_contained(h5py, src, f)
         keras3 = "layers" in f and "model_weights" not in f
         state, norm = (_read_keras3 if keras3 else _read_legacy)(f, model)
     data: dict[str, Any] = {}
