@@ -16,12 +16,22 @@ from torch import nn
 
 from .blocks import MBConv
 from .layers import ConvBnAct, Padding
-from .scaling import BASE_STAGES, HEAD_CHANNELS, STEM_CHANNELS, StageConfig, round_channels, scale_stages
+from .scaling import (
+    BASE_STAGES,
+    HEAD_CHANNELS,
+    STEM_CHANNELS,
+    StageConfig,
+    count_params,
+    round_channels,
+    scale_stages,
+)
 
 ActLayer = str | Callable[[], nn.Module]
 
 
 OUTPUT_STRIDES = (2, 4, 8, 16, 32)
+# Refused before construction: 4x EfficientNet-L2 (480M), 8 GB of float32 weights.
+MAX_PARAMS = 2_000_000_000
 
 
 def checked_input(
@@ -172,9 +182,17 @@ class EfficientNet(nn.Module):
         self.mirrored = False
         stages = tuple(stages) if se_ratio is None else tuple(replace(s, se_ratio=se_ratio) for s in stages)
         self.stage_configs = scale_stages(stages, width_mult, depth_mult, fix_first_last)
+        stem_out = stem_channels if fix_stem_head else round_channels(stem_channels, width_mult)
+        head_out = head_channels if fix_stem_head else round_channels(head_channels, width_mult)
+        params = count_params(self.stage_configs, stem_out, head_out, in_chans, num_classes)
+        if params > MAX_PARAMS:
+            raise ValueError(
+                f"width_mult={width_mult}, depth_mult={depth_mult} make a network of {params:,} parameters "
+                f"({params * 4 / 2**30:,.1f} GiB in float32), over the {MAX_PARAMS:,} this library builds; "
+                "EfficientNet-L2 is width 4.3, depth 5.3 (480M)"
+            )
 
         with torch.device(device) if device is not None else contextlib.nullcontext():
-            stem_out = stem_channels if fix_stem_head else round_channels(stem_channels, width_mult)
             self.stem = ConvBnAct(in_chans, stem_out, 3, stride=2, act_layer=act, **norm)
 
             num_blocks = sum(s.repeats for s in self.stage_configs)
@@ -217,7 +235,6 @@ class EfficientNet(nn.Module):
             self.blocks = nn.Sequential(*stage_modules)
             self.stage_ends = [info["stage"] for info in self.feature_info]
 
-            head_out = head_channels if fix_stem_head else round_channels(head_channels, width_mult)
             self.head = ConvBnAct(channels, head_out, 1, act_layer=act, **norm)
             self.num_features = head_out
             self.head_drop = nn.Dropout(drop_rate)

@@ -126,3 +126,33 @@ def scale_stages(
         )
         for i, s in enumerate(stages)
     )
+
+
+def count_params(
+    stages: tuple[StageConfig, ...],
+    stem_channels: int,
+    head_channels: int,
+    in_chans: int = 3,
+    num_classes: int = 1000,
+) -> int:
+    """Parameters of the network built from already-scaled ``stages``, by arithmetic (nothing is allocated).
+
+    Lets absurd sizes be refused before construction, which for a depth or width in the thousands would try to
+    allocate gigabytes to petabytes. BatchNorm counts its weight and bias (its statistics are buffers).
+    """
+
+    def block(cin: int, stage: StageConfig) -> int:
+        mid = cin * stage.expand_ratio
+        n = (cin * mid + 2 * mid if stage.expand_ratio != 1 else 0) + mid * stage.kernel_size**2 + 2 * mid
+        if stage.se_ratio > 0:
+            reduced = max(1, int(cin * stage.se_ratio))
+            n += 2 * mid * reduced + reduced + mid
+        return n + mid * stage.out_channels + 2 * stage.out_channels
+
+    total = in_chans * stem_channels * 9 + 2 * stem_channels
+    channels = stem_channels
+    for stage in (s for s in stages if s.repeats > 0):  # the first block changes the channels, the rest are alike
+        total += block(channels, stage) + (stage.repeats - 1) * block(stage.out_channels, stage)
+        channels = stage.out_channels
+    total += channels * head_channels + 2 * head_channels
+    return total + (head_channels * num_classes + num_classes if num_classes else 0)

@@ -6,7 +6,15 @@ import pytest
 import timm
 import torch
 
-from effnet_zoo.scaling import VARIANTS, round_channels, round_repeats, scaling_from_phi
+from effnet_zoo.scaling import (
+    BASE_STAGES,
+    VARIANTS,
+    count_params,
+    round_channels,
+    round_repeats,
+    scale_stages,
+    scaling_from_phi,
+)
 
 # Parameter counts of Google's released TF checkpoints (1000 classes).
 ORIGINAL_PARAMS = {
@@ -20,6 +28,46 @@ def test_parameter_count_equals_the_original(variant):
     with torch.device("meta"):  # L2 would take 2 GB of RAM otherwise
         model = timm.create_model(f"effnet_v1_{variant}")
     assert sum(p.numel() for p in model.parameters()) == ORIGINAL_PARAMS[variant]
+
+
+@pytest.mark.parametrize("variant", list(ORIGINAL_PARAMS))
+def test_arithmetic_parameter_count_equals_the_original(variant):
+    s = VARIANTS[variant]
+    stages = scale_stages(BASE_STAGES, s.width_mult, s.depth_mult)
+    assert (
+        count_params(stages, round_channels(32, s.width_mult), round_channels(1280, s.width_mult))
+        == (ORIGINAL_PARAMS[variant])
+    )
+
+
+@pytest.mark.parametrize("arch,kwargs", [("lite0", {"num_classes": 10, "in_chans": 1}), ("b3", {"num_classes": 0})])
+def test_arithmetic_parameter_count_follows_the_head_input_and_lite(arch, kwargs):
+    """The count holds for other heads, inputs and Lite's fixed stem/head (timm's port counted as reference)."""
+    from effnet_zoo.zoo import LITE_ARGS, LITE_VARIANTS
+
+    lite = arch.startswith("lite")
+    s = (LITE_VARIANTS if lite else VARIANTS)[arch]
+    stages = scale_stages(
+        tuple(type(b)(**{**b.__dict__, "se_ratio": 0.0}) for b in BASE_STAGES) if lite else BASE_STAGES,
+        s.width_mult, s.depth_mult, fix_first_last=lite,
+    )  # fmt: skip
+    stem, head = (32, 1280) if lite else (round_channels(32, s.width_mult), round_channels(1280, s.width_mult))
+    with torch.device("meta"):
+        ref = timm.create_model(f"tf_efficientnet_{arch}", **kwargs)
+    assert LITE_ARGS["fix_stem_head"] or not lite
+    assert count_params(stages, stem, head, kwargs.get("in_chans", 3), kwargs["num_classes"]) == sum(
+        p.numel() for p in ref.parameters()
+    )
+
+
+@pytest.mark.parametrize("kwargs", [{"width_mult": 1e3}, {"width_mult": 1e6}, {"depth_mult": 1e6}])
+def test_absurd_sizes_are_refused_before_allocating(kwargs):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"make a network of [\d,]+ parameters .* GiB in float32\), over the"):
+        timm.create_model("effnet_v1_b0", **kwargs)
+    assert time.perf_counter() - start < 5
 
 
 def test_variant_table_covers_the_paper_and_the_later_releases():

@@ -166,3 +166,20 @@ def test_labels_and_paths_cannot_drive_the_terminal(lite0_dir, photos, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "\x1b" not in out.stdout and "\r" not in out.stdout
     assert "\\x1b[2J\\x1b[31mespresso\\x1b[0m\\r" in out.stdout and "cup\\x1b[8m.jpg" in out.stdout
+
+
+def test_extreme_aspect_ratio_is_skipped_without_the_memory_blowup(lite0_dir, tmp_path):
+    """A 20 KB PNG of 20000x1 pixels would take GBs in the short-side resize: skipped, with the reason."""
+    import resource
+
+    Image.new("RGB", (20000, 1), (200, 30, 30)).save(tmp_path / "sliver.png")
+    Image.fromarray(skimage_data.coffee()).save(tmp_path / "coffee.png")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = cli("predict", tmp_path, "--model", f"local-dir:{lite0_dir}", "--topk", "1", "--json")
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert [p["path"].rsplit("/", 1)[-1] for p in report["predictions"]] == ["coffee.png"]
+    (skipped,) = report["skipped"]
+    assert skipped["reason"].startswith("extreme aspect ratio (20000x1, over 32:1)")
+    assert grown_mib < 1024, f"peak memory grew by {grown_mib:.0f} MiB"

@@ -91,6 +91,11 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
+# The eval transform resizes the short side to the model's input and crops the centre: beyond this ratio the
+# resized image (and the memory it takes) grows with the long side while the crop sees a sliver of it.
+MAX_ASPECT_RATIO = 32
+
+
 def open_image(source: Path | bytes) -> Image.Image:
     """An RGB image from a file or its bytes, whatever its mode (grayscale, palette, CMYK, alpha); else a
     ValueError saying what is wrong: empty, not an image, damaged, or too large to decode safely."""
@@ -98,6 +103,13 @@ def open_image(source: Path | bytes) -> Image.Image:
         raise ValueError("empty file (0 bytes)")
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            width, height = img.size  # from the header: nothing decoded yet
+            if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+                raise ValueError(
+                    f"extreme aspect ratio ({width}x{height}, over {MAX_ASPECT_RATIO}:1): resizing its short side to "
+                    "the model's input would blow its long side up to millions of pixels; crop it to the region "
+                    "to classify first"
+                )
             img.load()
             return img.convert("RGB")
     except UnidentifiedImageError as e:
