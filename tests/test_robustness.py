@@ -352,3 +352,39 @@ def test_keras_file_that_reads_outside_itself_is_refused(tmp_path, kind):
                  "--model-arg", "width_mult=0.1", "--model-arg", "depth_mult=0.3")  # fmt: skip
     assert result.returncode == 2 and "only data stored inside the file is read" in result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "int8", "bool"])
+def test_weights_that_can_only_give_nonsense_are_refused(tmp_path, damage):
+    """NaN/Inf weights (predict printed 'nan%') and integer/bool tensors (cast silently, 100%-confident nonsense)
+    are refused by convert and by pretrained=True; export refuses a model whose logits are not finite."""
+    ref = timm_reference("tf_efficientnet_b0", seed=3)
+    state = {k: v.clone() for k, v in ref.state_dict().items()}
+    key = "blocks.2.0.conv_pw.weight"
+    if damage in ("nan", "inf"):
+        state[key].view(-1)[7] = float(damage)
+    else:
+        state[key] = (state[key] * 100).to(torch.int8 if damage == "int8" else torch.bool)
+    src = tmp_path / "w.safetensors"
+    save_file(state, str(src))
+    message = "hold NaN or Inf" if damage in ("nan", "inf") else "not floating point"
+    with pytest.raises(
+        ConversionError, match=f"1 weight tensors {'' if damage in ('nan', 'inf') else 'are '}{message}"
+    ):
+        convert(src, "timm", "effnet_v1_b0", tmp_path / "out", model_args={"padding": "same"})
+    assert not (tmp_path / "out").exists()
+    add_hub_repo(f"acme/damaged-{damage}", {"model.safetensors": src.read_bytes(), "config.json": json.dumps(
+        {"architecture": "effnet_v1_b0", "num_classes": 1000, "pretrained_cfg": {}}).encode()})  # fmt: skip
+    with pytest.raises(ConversionError, match=message):
+        timm.create_model(f"hf-hub:acme/damaged-{damage}", pretrained=True)
+
+
+def test_export_of_a_model_with_nan_weights_fails_clearly(tmp_path):
+    """export said "max abs diff nan" and exited 0; now the load refuses the weights and nothing is written."""
+    model = timm.create_model("effnet_v1_b0", num_classes=10)
+    with torch.no_grad():
+        model.classifier.bias[3] = float("nan")
+    folder = effnet_zoo.save_pretrained(model, tmp_path / "m")
+    result = cli("export", "--model", f"local-dir:{folder}", "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert result.returncode == 2 and "hold NaN or Inf (first: classifier.bias)" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "m.onnx").exists()

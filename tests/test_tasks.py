@@ -183,3 +183,19 @@ def test_extreme_aspect_ratio_is_skipped_without_the_memory_blowup(lite0_dir, tm
     (skipped,) = report["skipped"]
     assert skipped["reason"].startswith("extreme aspect ratio (20000x1, over 32:1)")
     assert grown_mib < 1024, f"peak memory grew by {grown_mib:.0f} MiB"
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG decodes to the same picture as an independent reader (imageio) scaled to 8 bits."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from effnet_zoo.tasks.common import open_image
+
+    camera16 = (skimage_data.camera().astype(np.uint32) * 257 + 100).clip(0, 65535).astype(np.uint16)  # not x257 only
+    Image.fromarray(camera16).save(tmp_path / "camera16.png")
+    reference = iio.imread(tmp_path / "camera16.png").astype(np.float64) / 257.0
+    assert reference.max() > 200  # a real 16-bit file: clipped to 8 bits it would be almost all white
+    rgb = np.asarray(open_image(tmp_path / "camera16.png"))
+    assert rgb.shape == (*camera16.shape, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    assert np.abs(rgb[..., 0] - reference).max() <= 0.5 + 1e-9

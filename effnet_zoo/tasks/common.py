@@ -111,6 +111,13 @@ def open_image(source: Path | bytes) -> Image.Image:
                     "to classify first"
                 )
             img.load()
+            if img.mode.startswith("I;16") or img.mode == "I":
+                # 16-bit grayscale: PIL's convert("RGB") clips every value above 255 (a 16-bit PNG turns white);
+                # scale the 16-bit range down instead
+                import numpy as np
+
+                gray = np.clip(np.asarray(img, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+                return Image.fromarray(gray, mode="L").convert("RGB")
             return img.convert("RGB")
     except UnidentifiedImageError as e:
         raise ValueError("not an image file PIL can read") from e

@@ -93,12 +93,18 @@ def export(
     check = torch.randn(batch_size + 1 if dynamic_batch else batch_size, chans, height, width, generator=gen)
     with torch.no_grad():
         expected = model(check)
+    if not torch.isfinite(expected).all():
+        raise ValueError(
+            f"{model_name} gives NaN/Inf logits on a random input: its weights are damaged; nothing exported"
+        )
     outputs = {}
 
     def write(tmp: Path) -> None:
         with torch.inference_mode(False), torch.no_grad():
             _export_to(fmt, fast, x, str(tmp), dynamic_batch)
-            outputs["got"] = _run_exported(fmt, tmp, check).float()  # the file as written, before it is renamed
+            outputs["got"] = got = _run_exported(fmt, tmp, check).float()  # the file as written, before renaming
+        if not torch.isfinite(got).all():  # raised inside the write: the half-checked file is not kept
+            raise ValueError(f"the exported {fmt} model gives NaN/Inf where the model does not; nothing exported")
 
     atomic_write(out_path, write)
     got = outputs["got"]

@@ -85,9 +85,32 @@ def fits_hint(arch: str) -> str:
     return f". It fits {arch}: create_model('{arch}', ...), or --model {arch} on the command line"
 
 
+def check_values(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights that can only give nonsense: NaN/Inf values, or integer / bool tensors where floats belong
+    (cast silently, they predict with 100% confidence). BatchNorm's ``num_batches_tracked`` is an integer."""
+    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor) and not v.is_meta}
+    wrong = [f"{k} ({v.dtype})" for k, v in tensors.items() if not v.is_floating_point() and "num_batches" not in k]
+    if wrong:
+        raise ConversionError(
+            f"{source}: {len(wrong)} weight tensors are not floating point (first: {', '.join(wrong[:3])}); "
+            "EfficientNet weights are float16 / bfloat16 / float32 / float64, so the file is damaged or not weights"
+        )
+    # one sum per tensor is finite unless a value is not (or huge values overflow it: the exact test decides)
+    bad = [
+        k for k, v in tensors.items()
+        if v.is_floating_point() and not torch.isfinite(v.sum()) and not torch.isfinite(v).all()
+    ]  # fmt: skip
+    if bad:
+        raise ConversionError(
+            f"{source}: {len(bad)} weight tensors hold NaN or Inf (first: {', '.join(bad[:3])}); a model with them "
+            "predicts NaN. Convert or download the weights again from a healthy checkpoint"
+        )
+
+
 def load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], model_name: str) -> None:
     """Load strictly; on any mismatch, list the first differences and suggest the variant that fits."""
     check_fits(model, state_dict, model_name)
+    check_values(state_dict, "the checkpoint")
     model.load_state_dict({k: v for k, v in state_dict.items() if k in model.state_dict()}, strict=False)
 
 

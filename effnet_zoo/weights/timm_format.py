@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .common import ConversionError, Converted, check_fits
+from .common import ConversionError, Converted, check_fits, check_values
 from .torch_file import load_state_dict, read_config, verify_digest
 
 _TOP = {"conv_stem": "stem.conv", "bn1": "stem.bn", "conv_head": "head.conv", "bn2": "head.bn"}
@@ -110,6 +110,7 @@ def checkpoint_filter_fn(
     # timm adapts the classifier (num_classes) and the stem (in_chans) after this filter
     if strict:
         check_fits(model, state_dict, cfg.get("architecture", type(model).__name__), skip=("classifier.", "stem.conv."))
+    check_values(state_dict, f"the weights of {source_file(cfg) or cfg.get('architecture', 'the model')}")
     return state_dict
 
 
