@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
@@ -19,8 +20,15 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from .hub import explain_hub_error
 from .model import EfficientNet, EfficientNetFeatures
 from .scaling import LITE_VARIANTS, VARIANTS, Scaling, scaling_from_phi
+from .weights.common import require_regular_file
 from .weights.timm_format import checkpoint_filter_fn, source_file, weights_source
-from .weights.torch_file import CorruptWeightsError, raised_by_torch_load, torch_load_error, unreadable_safetensors
+from .weights.torch_file import (
+    WEIGHT_FILES,
+    CorruptWeightsError,
+    raised_by_torch_load,
+    torch_load_error,
+    unreadable_safetensors,
+)
 
 # Checkpoint sets Google released, and the variants each covers. Order matters: a variant's
 # first tag is its default, matching timm's ``tf_efficientnet_bN`` (best ImageNet top-1 first).
@@ -160,6 +168,8 @@ def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> Effi
     """Every variant's builder. Dropout and stochastic depth stay 0 unless asked for, as in every timm model
     (``Scaling.dropout`` holds the rates the paper trained each variant with)."""
     _timm_arguments(kwargs)
+    if pretrained:
+        _check_local_weights(name, kwargs)
     kwargs.setdefault("width_mult", scaling.width_mult)
     kwargs.setdefault("depth_mult", scaling.depth_mult)
     # features_only: timm's getter wrapper over forward_intermediates, with set_grad_checkpointing; a caller's
@@ -181,6 +191,17 @@ def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> Effi
         if (error := _load_failure(e, name, kwargs)) is None:
             raise
         raise error from e
+
+
+def _check_local_weights(name: str, kwargs: dict[str, Any]) -> None:
+    """A local weights file timm would open must be a regular file: a FIFO would block the load forever."""
+    cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+    kind, where = weights_source(cfg.to_dict())
+    if kind == "local-dir":
+        for file in WEIGHT_FILES:
+            require_regular_file(Path(where) / file, "the weights file")
+    elif kind == "file":
+        require_regular_file(Path(where), "the weights file")
 
 
 def _load_failure(e: Exception, name: str, kwargs: dict[str, Any]) -> Exception | None:

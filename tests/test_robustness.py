@@ -3,6 +3,7 @@ nothing it should not, and leaves the user's files as they were (docs/reliabilit
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -388,3 +389,60 @@ def test_export_of_a_model_with_nan_weights_fails_clearly(tmp_path):
     result = cli("export", "--model", f"local-dir:{folder}", "--format", "onnx", "--out", tmp_path / "m.onnx")
     assert result.returncode == 2 and "hold NaN or Inf (first: classifier.bias)" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "m.onnx").exists()
+
+
+@pytest.fixture
+def no_hang():
+    """Fail (instead of hanging the suite) if the code under test blocks on a FIFO or an endless read."""
+    import signal
+
+    def expire(*_):
+        raise TimeoutError("blocked for 30 s: a special file was read")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("case", ["fifo-safetensors", "fifo-tf-index", "index-links-to-dev-zero"])
+def test_special_files_are_refused_not_read(tmp_path, no_hang, case):
+    """convert waited forever on a FIFO model.safetensors or TF index, and read /dev/zero until MemoryError."""
+    src = tmp_path / "src"
+    src.mkdir()
+    if case == "fifo-safetensors":
+        os.mkfifo(src / "model.safetensors")
+        fmt, match = "timm", r"model.safetensors is a FIFO \(named pipe\), not a regular file"
+    else:
+        if case == "fifo-tf-index":
+            os.mkfifo(src / "model.ckpt.index")
+        else:
+            (src / "model.ckpt.index").symlink_to("/dev/zero")
+        (src / "model.ckpt.data-00000-of-00001").write_bytes(b"")
+        fmt, match = "tf-ckpt", r"model.ckpt.index is not a regular file"
+    result = cli(
+        "convert", src, "--from", fmt, "--model", "effnet_v1_b0", "--out", tmp_path / "out", "--padding", "same"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.search(match, result.stderr), result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_fifo_weights_behind_local_dir_are_refused(tmp_path, no_hang):
+    folder = effnet_zoo.save_pretrained(timm.create_model("effnet_v1_b0", num_classes=3), tmp_path / "m")
+    (folder / "model.safetensors").unlink()
+    os.mkfifo(folder / "model.safetensors")
+    with pytest.raises(ConversionError, match="is a FIFO"):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+
+
+def test_recursive_search_does_not_follow_a_folder_linking_to_itself(tmp_path, no_hang):
+    from effnet_zoo.tasks.common import expand_image_paths
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jpg").write_bytes(b"")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    expected = [tmp_path / "a" / "x.jpg"]
+    assert expand_image_paths([str(tmp_path)]) == expected
+    assert expand_image_paths([f"{tmp_path}/**/*.jpg"]) == expected

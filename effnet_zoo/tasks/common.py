@@ -143,19 +143,35 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
+def _walk_files(root: Path) -> list[Path]:
+    """Every file below ``root``, never through a linked folder (a folder linking to itself would never end)."""
+    return [Path(d) / n for d, _, names in os.walk(root, followlinks=False) for n in names]
+
+
 def expand_image_paths(inputs: list[str]) -> list[Path]:
-    """Files, folders (searched recursively for image extensions) and glob patterns, in the order given."""
+    """Files, folders (searched recursively for image extensions) and glob patterns, in the order given.
+
+    Recursive search (a folder, or ``**`` in a pattern) does not follow linked folders.
+    """
+    import fnmatch
     import glob
 
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            paths += sorted(f for f in _walk_files(p) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
         elif p.exists():
             paths.append(p)
         else:
-            matches = sorted(glob.glob(item, recursive=True))
+            if "**" in item:  # walk from the pattern's literal part; '**/' also matches no folder at all
+                base = Path(*[part for part in p.parts[: next(i for i, x in enumerate(p.parts) if glob.has_magic(x))]])
+                patterns = (item, item.replace("**/", ""))
+                matches = sorted(
+                    str(f) for f in _walk_files(base or Path(".")) if any(fnmatch.fnmatch(str(f), q) for q in patterns)
+                )
+            else:
+                matches = sorted(glob.glob(item))
             if not matches:
                 raise FileNotFoundError(f"{item!r} is not a file, a folder or a glob that matches anything")
             paths += [Path(m) for m in matches if Path(m).is_file()]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,6 +85,32 @@ def check_fits(
 def fits_hint(arch: str) -> str:
     """The sentence that names the variant a mismatching checkpoint does fit."""
     return f". It fits {arch}: create_model('{arch}', ...), or --model {arch} on the command line"
+
+
+def special_file(path: Path) -> str | None:
+    """What ``path`` is if it exists and is not a regular file (after links): 'a FIFO', 'a device', ...; else None.
+
+    Reading a FIFO blocks forever and a device such as /dev/zero never ends: weights come from regular files only.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+
+
+def require_regular_file(path: Path, what: str) -> None:
+    """Raise :class:`ConversionError` if ``path`` exists but is not a regular file (nothing is opened)."""
+    if kind := special_file(path):
+        raise ConversionError(f"{what} {path} is {kind}, not a regular file: weights are read from regular files only")
 
 
 def check_values(state_dict: dict[str, torch.Tensor], source: str) -> None:

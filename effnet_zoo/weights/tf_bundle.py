@@ -209,8 +209,17 @@ def _block_entries(block: memoryview, what: str) -> list[tuple[bytes, memoryview
     return out
 
 
+MAX_INDEX_BYTES = 256 << 20
+
+
 def read_index(index_path: Path) -> tuple[int, dict[str, BundleEntry]]:
     """(number of data shards, entries by tensor name) from a ``.index`` file."""
+    if index_path.exists() and (not index_path.is_file() or index_path.stat().st_size > MAX_INDEX_BYTES):
+        what = "not a regular file" if not index_path.is_file() else f"{index_path.stat().st_size:,} bytes"
+        raise CheckpointError(
+            f"{index_path} is {what}: a TensorFlow checkpoint index is a regular file of at most "
+            f"{MAX_INDEX_BYTES >> 20} MiB (EfficientNet-L2's is under 1 MiB)"
+        )
     data = index_path.read_bytes()
     if len(data) < FOOTER_SIZE:
         raise CheckpointError(f"{index_path} is {len(data)} bytes: too short for a TensorFlow checkpoint index")

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from .common import ConversionError
+from .common import ConversionError, require_regular_file
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "pytorch_model.pth")
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module")
@@ -92,14 +92,18 @@ def verify_digest(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
 def find_weights(src: Path) -> Path:
     if src.is_dir():
         for name in WEIGHT_FILES:
+            require_regular_file(src / name, "the weights file")
             if (src / name).is_file():
                 return src / name
-        candidates = sorted([*src.glob("*.safetensors"), *src.glob("*.pth"), *src.glob("*.bin"), *src.glob("*.pt")])
+        candidates = sorted(
+            p for suffix in ("safetensors", "pth", "bin", "pt") for p in src.glob(f"*.{suffix}") if p.is_file()
+        )
         if len(candidates) != 1:
             raise ConversionError(
                 f"{src} should hold one weights file (.safetensors/.pth/.bin); found {len(candidates)}"
             )
         return candidates[0]
+    require_regular_file(src, "the weights file")
     if not src.is_file():
         raise ConversionError(f"{src} does not exist")
     return src
