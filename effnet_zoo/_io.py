@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def user_mode(directory: bool = False) -> int:
+    """The permissions a new file (or folder) gets under the user's umask.
+
+    ``mkstemp`` / ``mkdtemp`` create 0600 / 0700 whatever the umask; what is renamed into place must not stay so.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def remove(path: Path) -> None:
+    """Delete a folder tree, a file or a link (a link itself, never what it points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -17,6 +36,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, user_mode())
     try:
         write(Path(tmp))
         os.replace(tmp, path)

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from timm.models import get_pretrained_cfg
 from torch import nn
 
-from ._io import atomic_write_text
+from ._io import atomic_write_text, remove, user_mode
 from .weights.torch_file import DIGEST_KEY, tensors_digest
 
 # The pretrained_cfg fields timm's own Hub repos carry (source fields such as hf_hub_id are dropped:
@@ -229,6 +229,7 @@ def write_model_folder(
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp.chmod(user_mode(directory=True))
     try:
         tensors = {
             k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).detach().cpu().contiguous()
@@ -238,12 +239,14 @@ def write_model_folder(
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / CARD_NAME).write_text(card)
+        for file in tmp.iterdir():  # whatever each writer chose (safetensors': 0600)
+            file.chmod(user_mode())
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
             old.rmdir()
             out.rename(old)
             tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
+            remove(old)  # the previous folder, or a file / link that stood there
         else:
             tmp.rename(out)
     finally:

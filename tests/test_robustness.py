@@ -446,3 +446,27 @@ def test_recursive_search_does_not_follow_a_folder_linking_to_itself(tmp_path, n
     expected = [tmp_path / "a" / "x.jpg"]
     assert expand_image_paths([str(tmp_path)]) == expected
     assert expand_image_paths([f"{tmp_path}/**/*.jpg"]) == expected
+
+
+def test_outputs_get_the_users_permissions_and_force_leaves_nothing_behind(tmp_path):
+    """Folders were created 0700 and files 0600 whatever the umask; --force onto a file or a link left .old-*."""
+    from effnet_zoo._io import atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        model = timm.create_model("effnet_v1_b0", num_classes=3)
+        folder = effnet_zoo.save_pretrained(model, tmp_path / "m")
+        assert folder.stat().st_mode & 0o777 == 0o755
+        assert {(p.name, p.stat().st_mode & 0o777) for p in folder.iterdir()} == {
+            ("model.safetensors", 0o644), ("config.json", 0o644), ("README.md", 0o644)
+        }  # fmt: skip
+        assert atomic_write_text(tmp_path / "notes.txt", "x").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "file").write_text("old")
+        (tmp_path / "link").symlink_to(tmp_path / "notes.txt")
+        for target in ("file", "link"):
+            effnet_zoo.save_pretrained(model, tmp_path / target, force=True)
+            assert (tmp_path / target).is_dir()
+        assert (tmp_path / "notes.txt").read_text() == "x"  # the link went, not what it pointed to
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    finally:
+        os.umask(previous)
