@@ -54,3 +54,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             os.fsync(f.fileno())
 
     return atomic_write(path, write)
+
+
+def check_output(out: Path, inputs: list[Path], flag: str = "--out") -> None:
+    """Refuse an output that is, contains, or lies inside one of the inputs: writing it would replace them."""
+    target = out.resolve()
+    for source in inputs:
+        src = source.resolve()
+        if target == src or target in src.parents or (src.is_dir() and src in target.parents):
+            raise FileExistsError(
+                f"{flag} {out} would overlap the input {source} (the same path, a folder holding it, or inside it): "
+                "writing there replaces what is read; choose another location"
+            )
+
+
+def check_replaceable_file(path: Path) -> None:
+    """``--force`` replaces a regular file (or a link, not its target); never a device, FIFO or folder."""
+    if path.exists() and not path.is_symlink() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise FileExistsError(f"{path} is {kind}; --force replaces only a file effnet-zoo wrote: choose another path")

@@ -218,6 +218,9 @@ transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, mod
 """
 
 
+OWN = {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME}  # what a model folder of ours holds
+
+
 def write_model_folder(
     out: str | Path, model: nn.Module, config: dict[str, Any], card: str, dtype: str = "fp32", force: bool = False
 ) -> Path:
@@ -227,6 +230,15 @@ def write_model_folder(
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    if (
+        out.is_dir()
+        and not out.is_symlink()
+        and (foreign := sorted(p.name for p in out.iterdir() if p.name not in OWN))
+    ):
+        raise FileExistsError(
+            f"{out} holds files effnet-zoo did not write ({', '.join(foreign[:5])}); --force replaces only a model "
+            f"folder ({', '.join(sorted(OWN))}): choose another location"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     tmp.chmod(user_mode(directory=True))

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -108,9 +109,9 @@ def test_every_source_format_refuses_garbage_with_our_error(tmp_path, fmt):
             else folder / SOURCE_FILE[fmt]
         )
         with pytest.raises((ConversionError, CheckpointError)) as info:
-            convert(src, fmt, "effnet_v1_b0", folder / "out", model_args={"padding": "same"})
+            convert(src, fmt, "effnet_v1_b0", tmp_path / f"out-{folder.name}", model_args={"padding": "same"})
         assert str(folder) in str(info.value), (kind, str(info.value))
-        assert not (folder / "out").exists()
+        assert not (tmp_path / f"out-{folder.name}").exists()
 
 
 def test_garbage_pytorch_weights_on_the_pretrained_path(saved, tmp_path):
@@ -470,3 +471,40 @@ def test_outputs_get_the_users_permissions_and_force_leaves_nothing_behind(tmp_p
         assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     finally:
         os.umask(previous)
+
+
+def test_force_never_replaces_the_inputs_or_other_peoples_files(tmp_path):
+    """convert --force with --out on the source (or its parent) deleted the checkpoint and a .tex beside it;
+    export --force onto a device file replaced it; finetune --out inside the data replaced a class folder."""
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    ref = timm_reference("tf_efficientnet_b0", seed=1)
+    save_file(ref.state_dict(), str(src / "model.safetensors"))
+    (tmp_path / "thesis.tex").write_text("\\\\documentclass{article}")
+    before = {p: p.read_bytes() for p in [src / "model.safetensors", tmp_path / "thesis.tex"]}
+    for out in (src, tmp_path, src / "inside"):
+        result = cli("convert", src, "--from", "timm", "--model", "effnet_v1_b0", "--out", out, "--padding", "same",
+                     "--force")  # fmt: skip
+        assert result.returncode == 2 and "would overlap the input" in result.stderr, out
+    other = tmp_path / "results"
+    other.mkdir()
+    (other / "table.csv").write_text("a,b")
+    result = cli("convert", src, "--from", "timm", "--model", "effnet_v1_b0", "--out", other, "--padding", "same",
+                 "--force")  # fmt: skip
+    assert result.returncode == 2 and "holds files effnet-zoo did not write (table.csv)" in result.stderr
+    assert {p: p.read_bytes() for p in before} == before and (other / "table.csv").read_text() == "a,b"
+
+    folder = effnet_zoo.save_pretrained(timm.create_model("effnet_v1_b0", num_classes=3), tmp_path / "m")
+    os.mkfifo(tmp_path / "device")
+    result = cli(
+        "export", "--model", f"local-dir:{folder}", "--format", "onnx", "--out", tmp_path / "device", "--force"
+    )
+    assert result.returncode == 2 and "not a regular file" in result.stderr
+    assert stat.S_ISFIFO((tmp_path / "device").stat().st_mode)
+
+    data = tmp_path / "data"
+    (data / "train" / "model").mkdir(parents=True)
+    (data / "train" / "model" / "img.png").write_bytes(b"x")
+    result = cli("finetune", "--data", data, "--model", f"local-dir:{folder}", "--out", data / "train", "--force")
+    assert result.returncode == 2 and "would overlap the input" in result.stderr
+    assert (data / "train" / "model" / "img.png").read_bytes() == b"x"

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from timm.data import resolve_data_config
 
-from .._io import atomic_write
+from .._io import atomic_write, check_replaceable_file
 from ..inference import optimize_for_inference
 from .common import load_pretrained
 
@@ -79,6 +79,7 @@ def export(
     out_path = Path(out)
     if out_path.exists() and not force:
         raise FileExistsError(f"{out} exists; pass --force to replace it")
+    check_replaceable_file(out_path)
     model = load_pretrained(model_name).eval()
     fast = optimize_for_inference(model)
     cfg = resolve_data_config({}, model=model)

@@ -28,7 +28,7 @@ from timm.utils import ModelEmaV3, random_seed
 from torch import nn
 from tqdm import tqdm
 
-from .._io import atomic_write, atomic_write_text
+from .._io import atomic_write, atomic_write_text, check_output
 from ..hub import save_pretrained
 from ..weights.torch_file import torch_load_error
 from ..zoo import paper_regularization
@@ -157,6 +157,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
 def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
     out, data = Path(cfg.out), Path(cfg.data)
+    check_output(out, [data])
     _check_run_dir(out, cfg.resume, cfg.force)
     env.barrier()
     if env.main:

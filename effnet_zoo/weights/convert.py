@@ -17,6 +17,7 @@ import timm
 import torch
 from torch import nn
 
+from .._io import check_output
 from ..hub import DTYPES, export_config, model_card, write_model_folder
 from . import keras_h5, lukemelas, seed, tf_ckpt, timm_format, torchvision_format, transformers_format
 from .common import ConversionError, Converted, fits, fits_hint, load_checked, shapes_of
@@ -64,6 +65,7 @@ def convert(
         raise ConversionError(f"{src} does not exist")
     if out.exists() and not force:
         raise ConversionError(f"{out} already exists; pass --force to replace it")
+    check_output(out, [src, Path(f"{src}.index")] if not src.exists() else [src])
     arch = model_name.split(".", 1)[0]
     if arch not in timm.list_models("effnet_*"):
         raise ConversionError(
