@@ -135,3 +135,21 @@ def test_torchrun_two_processes(lite0_dir, data, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.jsonl", "model"]
     assert len(metrics(out)) == 1
+
+
+def test_a_second_run_on_the_same_folder_fails_at_once(lite0_dir, data, tmp_path):
+    """Two runs on one --out both exited 0 and mixed their files; the second now stops before touching it."""
+    import fcntl
+    import time
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".effnet-zoo.lock", "w") as held:  # as the first run holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242")
+        held.flush()
+        start = time.perf_counter()
+        second = cli("finetune", "--data", data, "--model", f"local-dir:{lite0_dir}", "--out", out, "--epochs", "1")
+        assert second.returncode == 2 and "another finetune (pid 4242) is writing to" in second.stderr
+        assert time.perf_counter() - start < 30
+    assert [p.name for p in out.iterdir()] == [".effnet-zoo.lock"]

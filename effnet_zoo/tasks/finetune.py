@@ -12,6 +12,7 @@ would have.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -114,7 +115,7 @@ def _check_run_dir(out: Path, resume: bool, force: bool) -> None:
     ckpt = out / CHECKPOINT
     if resume and not ckpt.exists():
         raise FileNotFoundError(f"--resume: {ckpt} does not exist; start the run without --resume")
-    if not resume and out.exists() and any(out.iterdir()):
+    if not resume and out.exists() and any(p.name != LOCK for p in out.iterdir()):
         if not force:
             raise FileExistsError(
                 f"{out} already holds a run; continue it with --resume, or pass --force to start over in it"
@@ -147,17 +148,53 @@ def _rank_param_diff(model: nn.Module) -> float:
     return diff.item()
 
 
+LOCK = ".effnet-zoo.lock"
+
+
+@contextlib.contextmanager
+def _run_lock(out: Path, main: bool):
+    """One run per folder: a second run on the same --out fails at once instead of mixing its files in.
+
+    An advisory ``flock`` on ``out/.effnet-zoo.lock``, held by the main process for the whole run; the kernel
+    releases it when the process ends, however it ends, so a killed run never leaves a stale lock.
+    """
+    if not main:
+        yield
+        return
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise FileExistsError(
+                f"another finetune (pid {f.read().strip() or '?'}) is writing to {out}; wait for it to finish, or "
+                "choose another --out"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            (out / LOCK).unlink(missing_ok=True)  # still held: no other run can be between its open and lock
+
+
 def finetune(cfg: FinetuneConfig) -> dict:
     env = _Dist(cfg.device)
     try:
-        return _run(cfg, env)
+        check_output(Path(cfg.out), [Path(cfg.data)])
+        with _run_lock(Path(cfg.out), env.main):
+            return _run(cfg, env)
     finally:
         env.close()
 
 
 def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
     out, data = Path(cfg.out), Path(cfg.data)
-    check_output(out, [data])
     _check_run_dir(out, cfg.resume, cfg.force)
     env.barrier()
     if env.main:
