@@ -121,6 +121,57 @@ def hub_config(model_name: str) -> dict[str, Any]:
     }
 
 
+def check_model_config(path: Path) -> dict[str, Any]:
+    """A folder's ``config.json``, checked before timm builds from it: one error naming the file and the key.
+
+    timm reads these fields without checking them, so a wrong type surfaced as a raw TypeError / KeyError /
+    AttributeError from deep inside the build.
+    """
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read ({e})") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); save the model again with effnet_zoo") from e
+
+    def bad(key: str, expected: str, value: Any) -> ValueError:
+        return ValueError(f"{path}: {key} should be {expected}, got {json.dumps(value)[:80]}")
+
+    if not isinstance(config, dict):
+        raise bad("the file", "a JSON object", config)
+    arch = config.get("architecture")
+    if not isinstance(arch, str) or arch not in timm.list_models("effnet_*"):
+        raise bad(
+            "'architecture'",
+            f"one of effnet_zoo's models ({', '.join(timm.list_models('effnet_v1_b*')[:3])}, ...)",
+            arch,
+        )
+    for key in ("num_classes", "num_features"):
+        if key in config and (not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 0):
+            raise bad(f"'{key}'", "a whole number >= 0", config[key])
+    for key in ("model_args", "pretrained_cfg"):
+        if key in config and not isinstance(config[key], dict):
+            raise bad(f"'{key}'", "a JSON object", config[key])
+    cfg = config.get("pretrained_cfg", {})
+    size = cfg.get("input_size")
+    if size is not None and not (
+        isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size)
+    ):
+        raise bad("'pretrained_cfg.input_size'", "[channels, height, width] of positive whole numbers", size)
+    for key in ("mean", "std"):
+        if key in cfg and not (isinstance(cfg[key], list) and all(isinstance(v, (int, float)) for v in cfg[key])):
+            raise bad(f"'pretrained_cfg.{key}'", "a list of numbers", cfg[key])
+    act = config.get("model_args", {}).get("act_layer")
+    if act is not None:
+        from timm.layers import get_act_layer
+
+        try:
+            get_act_layer(act)
+        except (ValueError, KeyError, TypeError, AssertionError) as e:
+            raise bad("'model_args.act_layer'", "a timm activation name ('silu', 'relu6', ...)", act) from e
+    return config
+
+
 def pretrained_names() -> list[str]:
     """Every ``arch.tag`` of ours that has published weights."""
     return timm.list_pretrained("effnet_*")

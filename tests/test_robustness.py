@@ -508,3 +508,47 @@ def test_force_never_replaces_the_inputs_or_other_peoples_files(tmp_path):
     result = cli("finetune", "--data", data, "--model", f"local-dir:{folder}", "--out", data / "train", "--force")
     assert result.returncode == 2 and "would overlap the input" in result.stderr
     assert (data / "train" / "model" / "img.png").read_bytes() == b"x"
+
+
+CONFIG_DAMAGE = {
+    "num_classes a string": (lambda c: c.update(num_classes="abc"), "'num_classes' should be a whole number"),
+    "no architecture": (lambda c: c.pop("architecture"), "'architecture' should be one of effnet_zoo's models"),
+    "architecture an int": (lambda c: c.update(architecture=3), "'architecture' should be one of"),
+    "another timm model": (lambda c: c.update(architecture="resnet50"), 'got "resnet50"'),
+    "model_args a list": (lambda c: c.update(model_args=[1, 2]), "'model_args' should be a JSON object"),
+    "unknown act_layer": (lambda c: c["model_args"].update(act_layer="nope"), "'model_args.act_layer' should be"),
+    "pretrained_cfg a string": (lambda c: c.update(pretrained_cfg="x"), "'pretrained_cfg' should be a JSON object"),
+    "input_size strings": (lambda c: c["pretrained_cfg"].update(input_size=["3", "a", "b"]), "input_size' should be"),
+}
+
+
+@pytest.mark.parametrize("damage", [*CONFIG_DAMAGE, "null", "list", "not JSON", "weights a folder", "broken link"])
+def test_damaged_model_folders_get_one_line_naming_the_file(tmp_path, damage):
+    """Wrong types in config.json gave raw TypeError / KeyError / AttributeError; a folder or broken link as
+    model.safetensors gave 'effnet-zoo: error: ' and nothing more."""
+    folder = effnet_zoo.save_pretrained(timm.create_model("effnet_v1_b0", num_classes=3), tmp_path / "m")
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    if damage in CONFIG_DAMAGE:
+        edit, message = CONFIG_DAMAGE[damage]
+        edit(config)
+        config_path.write_text(json.dumps(config))
+    elif damage in ("null", "list"):
+        config_path.write_text("null" if damage == "null" else "[]")
+        message = "the file should be a JSON object"
+    elif damage == "not JSON":
+        config_path.write_text("{not json")
+        message = "is not valid JSON"
+    else:
+        (folder / "model.safetensors").unlink()
+        if damage == "weights a folder":
+            (folder / "model.safetensors").mkdir()
+        else:
+            (folder / "model.safetensors").symlink_to(tmp_path / "gone.safetensors")
+        message = "model.safetensors is a folder" if damage == "weights a folder" else "is a broken link"
+    Image.new("RGB", (64, 64)).save(tmp_path / "x.png")
+    result = cli("predict", tmp_path / "x.png", "--model", f"local-dir:{folder}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr, result.stderr
+    if damage not in ("weights a folder", "broken link"):
+        assert str(config_path) in result.stderr

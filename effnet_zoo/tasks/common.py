@@ -14,7 +14,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineMo
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from ..hub import explain_hub_error
+from ..hub import check_model_config, explain_hub_error
 from ..zoo import PretrainedWeightsUnavailable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -33,6 +33,8 @@ def load_pretrained(name: str, **kwargs) -> nn.Module:
         tags = timm.list_pretrained(f"{base}.*")
         hint = f"its tags: {', '.join(tags)}" if tags else "see `timm.list_pretrained('effnet_*')`"
         raise ValueError(f"no pretrained weights are registered as {name!r}; {hint}, or pass local-dir:DIR / hf-hub:ID")
+    if name.startswith("local-dir:") and (config := Path(name.removeprefix("local-dir:")) / "config.json").exists():
+        check_model_config(config)
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
     except (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled) as e:  # fetching an hf-hub: config.json

@@ -94,6 +94,8 @@ def special_file(path: Path) -> str | None:
     """
     try:
         mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a broken link" if path.is_symlink() else None
     except OSError:
         return None
     if stat.S_ISREG(mode):
