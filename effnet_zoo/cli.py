@@ -251,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=FRACTION, default=0.1)
     p.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights; evaluate and save it")
     p.add_argument("--ema-decay", type=FRACTION, default=0.9998)
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bfloat16 autocast (default: on for CUDA)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="NHWC model and batches (default: on for CUDA; the CPU model is NHWC inside)")  # fmt: skip
     p.add_argument("--grad-checkpointing", action="store_true", help="trade speed for activation memory")
     p.add_argument("--drop-path", type=FRACTION, help="stochastic depth rate (default: 0.2, as Google trained)")
     p.add_argument(

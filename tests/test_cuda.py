@@ -154,3 +154,27 @@ def test_compiled_training_step_fullgraph_matches_eager():
     got = _grads(ours, x, target, run=torch.compile(ours, fullgraph=True))
     for name, g in eager.items():
         torch.testing.assert_close(got[name], g, rtol=1e-3, atol=1e-5)
+
+
+def test_finetune_on_cuda_runs_with_the_gpu_defaults_and_reports_throughput(tmp_path):
+    """One epoch on a small synthetic folder: the run uses the GPU defaults and writes its img/s."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from effnet_zoo.tasks.finetune import FinetuneConfig, finetune
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(16):
+                pixels = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "data" / split / name / f"{i}.png")
+    folder = effnet_zoo.save_pretrained(timm.create_model("effnet_v1_b0", num_classes=2), tmp_path / "base")
+    cfg = FinetuneConfig(str(tmp_path / "data"), f"local-dir:{folder}", str(tmp_path / "run"), epochs=1,
+                         batch_size=8, img_size=96, workers=0, warmup_epochs=0, progress=False)  # fmt: skip
+    result = finetune(cfg)
+    (epoch,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epoch["train_img_per_s"] > 0 and result["history"][0]["train_img_per_s"] == epoch["train_img_per_s"]
