@@ -444,6 +444,12 @@ class EfficientNetFeatures(FeatureGetterNet):
     scripted necks cannot iterate.
     """
 
+    def __init__(self, model: nn.Module, *args, **kwargs) -> None:
+        super().__init__(model, *args, **kwargs)
+        if self.output_fmt != "NCHW":
+            fmt = getattr(self.output_fmt, "value", self.output_fmt)
+            raise ValueError(f"output_fmt must be 'NCHW' for effnet_zoo backbones, got {fmt!r}")
+
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:  # noqa: UP006
         # one return type (forward_intermediates may return a tuple): scripted callers iterate the maps
         return self.model._forward_intermediates(x, self.out_indices, True, False, True)[1]

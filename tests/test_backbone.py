@@ -219,6 +219,11 @@ def test_features_only_grad_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(g1, g0)
 
 
+def test_features_only_refuses_a_layout_it_does_not_produce():
+    with pytest.raises(ValueError, match="output_fmt must be 'NCHW'"):
+        timm.create_model("effnet_v1_b0", features_only=True, feature_cfg={"output_fmt": "NHWC"})
+
+
 def test_extra_blocks_index_every_stage_like_timm():
     ref, ours = _pair("b0", seed=17)
     x = _x(1, 3, 128, 128)
