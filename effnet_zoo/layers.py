@@ -14,12 +14,25 @@ PADDINGS = ("same", "symmetric")
 
 
 def same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TensorFlow's "SAME" padding for one spatial dim: (before, after); the extra pixel goes after."""
+    """TensorFlow's "SAME" padding for one spatial dim: (before, after); the extra pixel goes after.
+
+    ``size`` may be a 0-dim tensor (a size under ``torch.jit.trace``): the arithmetic then stays in the trace.
+    """
     # Integer ceil-division: with symbolic sizes (torch.compile dynamic=True) float ``math.ceil`` makes
     # every guard a sympy float expression and compilation crawls.
     out = -(-size // stride)
-    total = max((out - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
+    total = (out - 1) * stride + (kernel_size - 1) * dilation + 1 - size
+    if isinstance(total, torch.Tensor):
+        total = total.clamp(min=0)
+    else:
+        total = max(total, 0)
     return total // 2, total - total // 2
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in ``t``: one sum (0.3 ms for 16 images at 224 px; ``isfinite().all()`` takes 11 ms) is finite
+    unless a value is not, or unless huge finite values overflow it, which the exact test then settles."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def tracing() -> bool:
@@ -54,32 +67,15 @@ def conv2d_same(
     Under ``torch.jit.trace`` the sizes are traced tensors, so the padding arithmetic is recorded too and the
     traced module stays right at other input sizes.
     """
-    if not torch.jit.is_scripting():
-        if torch.jit.is_tracing():
-            return _conv2d_same_traced(x, weight, bias, stride, dilation, groups)
     kh, kw = weight.shape[-2:]
     top, bottom = same_padding(x.shape[-2], kh, stride[0], dilation[0])
     left, right = same_padding(x.shape[-1], kw, stride[1], dilation[1])
+    if not torch.jit.is_scripting():
+        if torch.jit.is_tracing():  # traced sizes: all four sides as recorded arithmetic, none baked in
+            return F.conv2d(F.pad(x, [left, right, top, bottom]), weight, bias, stride, 0, dilation, groups)
     if bottom != top or right != left:
         x = F.pad(x, (0, right - left, 0, bottom - top))
     return F.conv2d(x, weight, bias, stride, (top, left), dilation, groups)
-
-
-def _conv2d_same_traced(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
-    groups: int,
-) -> torch.Tensor:
-    """``conv2d_same`` under ``torch.jit.trace``: the sizes are 0-dim tensors, so is the padding arithmetic."""
-    pads = []
-    for size, k, s, d in zip(x.shape[-2:], weight.shape[-2:], stride, dilation, strict=True):
-        total = torch.clamp(((size + s - 1) // s - 1) * s + (k - 1) * d + 1 - size, min=0)
-        pads.append((total // 2, total - total // 2))
-    (top, bottom), (left, right) = pads
-    return F.conv2d(F.pad(x, [left, right, top, bottom]), weight, bias, stride, 0, dilation, groups)
 
 
 torch.fx.wrap("conv2d_same")

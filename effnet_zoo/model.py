@@ -15,7 +15,7 @@ from timm.models._features import FeatureGetterNet, feature_take_indices
 from torch import nn
 
 from .blocks import MBConv
-from .layers import ConvBnAct, Padding
+from .layers import ConvBnAct, Padding, all_finite
 from .scaling import (
     BASE_STAGES,
     HEAD_CHANNELS,
@@ -100,9 +100,8 @@ def _check_values(x: torch.Tensor) -> None:
 
     CPU only: on CUDA the test would force a host sync every forward, and compiled graphs cannot branch on values.
     """
-    # one sum (0.3 ms for 16 images at 224 px; isfinite().all() takes 11 ms) is finite unless a value is not,
-    # or unless huge finite values overflow it: the exact count below then decides
-    if x.device.type == "cpu" and not torch.isfinite(x.sum()) and (bad := (~torch.isfinite(x)).sum().item()):
+    if x.device.type == "cpu" and not all_finite(x):
+        bad = (~torch.isfinite(x)).sum().item()
         raise ValueError(
             f"the input holds {bad} NaN/Inf values of {x.numel()}; check the image decoding and normalisation "
             "that produced it"
@@ -171,7 +170,6 @@ class EfficientNet(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
-        self.output_stride = output_stride
         self.grad_checkpointing = False
         # On CPU, oneDNN's kernels (depthwise above all) are much faster on NHWC activations: inputs are moved
         # to channels_last inside the network; values are unchanged. Set False to keep NCHW throughout.

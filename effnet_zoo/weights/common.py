@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..layers import all_finite
+
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 
 
@@ -125,11 +127,7 @@ def check_values(state_dict: dict[str, torch.Tensor], source: str) -> None:
             f"{source}: {len(wrong)} weight tensors are not floating point (first: {', '.join(wrong[:3])}); "
             "EfficientNet weights are float16 / bfloat16 / float32 / float64, so the file is damaged or not weights"
         )
-    # one sum per tensor is finite unless a value is not (or huge values overflow it: the exact test decides)
-    bad = [
-        k for k, v in tensors.items()
-        if v.is_floating_point() and not torch.isfinite(v.sum()) and not torch.isfinite(v).all()
-    ]  # fmt: skip
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not all_finite(v)]
     if bad:
         raise ConversionError(
             f"{source}: {len(bad)} weight tensors hold NaN or Inf (first: {', '.join(bad[:3])}); a model with them "
