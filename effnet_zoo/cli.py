@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from typing import Any
 
 
@@ -282,8 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001  (warnings' signature)
+    return f"effnet-zoo: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _warning_line  # one line a user can read, not a source location
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as e:  # OSError: missing files, permissions, the Hub's HTTP errors

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import shutil
 import stat
@@ -23,6 +24,7 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 from ._io import atomic_write_text, remove, user_mode
+from .model import ARGUMENT_RANGES, argument_problem
 from .weights.torch_file import DIGEST_KEY, tensors_digest
 
 # The pretrained_cfg fields timm's own Hub repos carry (source fields such as hf_hub_id are dropped:
@@ -158,10 +160,24 @@ def check_model_config(path: Path) -> dict[str, Any]:
         isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size)
     ):
         raise bad("'pretrained_cfg.input_size'", "[channels, height, width] of positive whole numbers", size)
+    model_args = config.get("model_args", {})
+    for key in sorted(ARGUMENT_RANGES.keys() & model_args.keys()):
+        expected = argument_problem(key, model_args[key])
+        if expected:
+            raise bad(f"'model_args.{key}'", expected, model_args[key])
+    # One value per input channel; timm keeps the RGB triple for in_chans != 3 models, and one value broadcasts.
+    lengths = sorted({1, 3, model_args.get("in_chans", 3)})
     for key in ("mean", "std"):
-        if key in cfg and not (isinstance(cfg[key], list) and all(isinstance(v, (int, float)) for v in cfg[key])):
-            raise bad(f"'pretrained_cfg.{key}'", "a list of numbers", cfg[key])
-    act = config.get("model_args", {}).get("act_layer")
+        value = cfg.get(key)
+        if value is not None and not (
+            isinstance(value, list)
+            and len(value) in lengths
+            and all(isinstance(v, (int, float)) and math.isfinite(v) and (key == "mean" or v > 0) for v in value)
+        ):
+            what = "numbers" if key == "mean" else "numbers > 0"
+            count = " or ".join(map(str, lengths))
+            raise bad(f"'pretrained_cfg.{key}'", f"a list of {count} {what} (one per input channel)", value)
+    act = model_args.get("act_layer")
     if act is not None:
         from timm.layers import get_act_layer
 

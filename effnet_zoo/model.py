@@ -6,7 +6,7 @@ import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import List, Optional, Tuple, Union  # noqa: UP035  (TorchScript reads these in forward_intermediates)
+from typing import Any, List, Optional, Tuple, Union  # noqa: UP035  (TorchScript reads these in forward_intermediates)
 
 import torch
 from timm.layers import create_classifier, get_act_layer
@@ -108,6 +108,39 @@ def _check_values(x: torch.Tensor) -> None:
         )
 
 
+# What each numeric constructor argument must be, for the checks here and in a model folder's config.json.
+ARGUMENT_RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "width_mult": ("a number > 0", lambda v: v > 0),
+    "depth_mult": ("a number > 0", lambda v: v > 0),
+    "drop_rate": ("a rate in [0, 1)", lambda v: 0 <= v < 1),
+    "drop_path_rate": ("a rate in [0, 1)", lambda v: 0 <= v < 1),
+    "bn_eps": ("a number > 0", lambda v: v > 0),
+    "bn_momentum": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "num_classes": ("a whole number >= 0", lambda v: isinstance(v, int) and v >= 0),
+    "in_chans": ("a whole number >= 1", lambda v: isinstance(v, int) and v >= 1),
+}
+
+
+def argument_problem(name: str, value: Any) -> str | None:
+    """What ``value`` should be if it is out of range for constructor argument ``name``; None if it is fine."""
+    expected, ok = ARGUMENT_RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        return expected
+    return None
+
+
+def check_arguments(**values: Any) -> None:
+    """Refuse a value that builds a meaningless network instead of failing later with a confusing message.
+
+    ``depth_mult=-1`` used to build stages with no blocks, and the weights that do fit were then reported
+    as fitting "a different" variant with the very same name.
+    """
+    for name, value in values.items():
+        expected = argument_problem(name, value)
+        if expected:
+            raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
 class EfficientNet(nn.Module):
     """EfficientNet-V1 (Tan & Le, ICML 2019), numerically identical to the TensorFlow original.
 
@@ -156,6 +189,10 @@ class EfficientNet(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        check_arguments(
+            width_mult=width_mult, depth_mult=depth_mult, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+            bn_eps=bn_eps, bn_momentum=bn_momentum, num_classes=num_classes, in_chans=in_chans,
+        )  # fmt: skip
         if output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
         act = get_act_layer(act_layer) if isinstance(act_layer, str) else act_layer

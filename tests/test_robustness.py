@@ -519,6 +519,15 @@ CONFIG_DAMAGE = {
     "unknown act_layer": (lambda c: c["model_args"].update(act_layer="nope"), "'model_args.act_layer' should be"),
     "pretrained_cfg a string": (lambda c: c.update(pretrained_cfg="x"), "'pretrained_cfg' should be a JSON object"),
     "input_size strings": (lambda c: c["pretrained_cfg"].update(input_size=["3", "a", "b"]), "input_size' should be"),
+    "input_size zero": (lambda c: c["pretrained_cfg"].update(input_size=[3, 0, 224]), "input_size' should be"),
+    "depth_mult negative": (
+        lambda c: c["model_args"].update(depth_mult=-1),
+        "'model_args.depth_mult' should be a number > 0",
+    ),
+    "width_mult NaN": (lambda c: c["model_args"].update(width_mult=float("nan")), "'model_args.width_mult' should be"),
+    "bn_eps zero": (lambda c: c["model_args"].update(bn_eps=0), "'model_args.bn_eps' should be a number > 0"),
+    "std zero": (lambda c: c["pretrained_cfg"].update(std=[0.2, 0, 0.2]), "'pretrained_cfg.std' should be a list"),
+    "mean too short": (lambda c: c["pretrained_cfg"].update(mean=[0.5, 0.5]), "'pretrained_cfg.mean' should be"),
 }
 
 
@@ -552,3 +561,19 @@ def test_damaged_model_folders_get_one_line_naming_the_file(tmp_path, damage):
     assert message in result.stderr, result.stderr
     if damage not in ("weights a folder", "broken link"):
         assert str(config_path) in result.stderr
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(depth_mult=-1), dict(depth_mult=0), dict(width_mult=float("nan")), dict(width_mult=float("inf")),
+        dict(bn_eps=0), dict(bn_eps=-1e-3), dict(drop_rate=1.0), dict(drop_path_rate=-0.1), dict(num_classes=-1),
+        dict(in_chans=0), dict(bn_momentum=2.0), dict(width_mult="1.0"),
+    ],
+)  # fmt: skip
+def test_meaningless_constructor_arguments_are_refused_by_name(kwargs):
+    """depth_mult=-1 built stages with no blocks; its own weights were then said to fit 'effnet_lite0' instead
+    of effnet_lite0. Each value is refused by name before anything is built."""
+    ((name, value),) = kwargs.items()
+    with pytest.raises(ValueError, match=rf"^{name} must be .*, got {re.escape(repr(value))}$"):
+        timm.create_model("effnet_lite0", **kwargs)

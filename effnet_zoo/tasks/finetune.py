@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,6 +114,36 @@ def _dataset(root: Path, split: str, classes: list[str] | None = None):
     return ds
 
 
+def _check_classes(data: Path, classes: list[str], val_classes: list[str]) -> None:
+    """Refuse the folder layouts that used to train on silently and meaninglessly.
+
+    One class makes every loss zero; images straight under train/ form a class named ''; a class folder with no
+    images vanishes from the label set; validation images of a class training never saw were dropped unseen.
+    """
+    train = data / "train"
+    if "" in classes or "" in val_classes:
+        split = "train" if "" in classes else "val"
+        raise ValueError(f"images lie directly in {data / split}; each image belongs in a class folder "
+                         f"({split}/<class>/<image>)")  # fmt: skip
+    if len(classes) < 2:
+        raise ValueError(f"{train} holds one class ({classes[0]!r}); fine-tuning a classifier needs at least two "
+                         "class folders with images")  # fmt: skip
+    empty = sorted(
+        p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in classes
+    )
+    if empty:
+        raise ValueError(f"class folder(s) without images in {train}: {', '.join(empty[:5])}; add images (jpg, "
+                         "png, ...) or remove the folder")  # fmt: skip
+    unseen = sorted(set(val_classes) - set(classes))
+    if unseen:
+        raise ValueError(f"{data / 'val'} has class(es) that {train} has no images of: {', '.join(unseen[:5])}; "
+                         "the model cannot learn them: add training images or remove those val folders")  # fmt: skip
+    missing = sorted(set(classes) - set(val_classes))
+    if missing:
+        warnings.warn(f"{data / 'val'} has no images of: {', '.join(missing[:5])}; accuracy is measured on the "
+                      "other classes only", stacklevel=2)  # fmt: skip
+
+
 def _check_run_dir(out: Path, resume: bool, force: bool) -> None:
     ckpt = out / CHECKPOINT
     if resume and not ckpt.exists():
@@ -203,6 +234,7 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     train_ds = _dataset(data, "train")
     classes = list(train_ds.reader.class_to_idx)
+    _check_classes(data, classes, list(_dataset(data, "val").reader.class_to_idx))
     val_ds = _dataset(data, "val", classes)
 
     # the rates Google trained the variant with, unless asked otherwise (the models themselves default to 0)
