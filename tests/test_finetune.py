@@ -182,3 +182,47 @@ def test_a_second_run_on_the_same_folder_fails_at_once(lite0_dir, data, tmp_path
         assert second.returncode == 2 and "another finetune (pid 4242) is writing to" in second.stderr
         assert time.perf_counter() - start < 30
     assert [p.name for p in out.iterdir()] == [".effnet-zoo.lock"]
+
+
+def _layout(root: Path, source: Path, train: dict[str, int], val: dict[str, int]) -> Path:
+    """An image folder with the given number of images per class, taken from the fixture's images."""
+    pool = sorted(source.glob("train/*/*.png"))
+    for split, counts in (("train", train), ("val", val)):
+        for name, n in counts.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                shutil.copy(pool[i], root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "train, val, message",
+    [
+        ({"a": 4}, {"a": 2}, "holds one class ('a'); fine-tuning a classifier needs at least two"),
+        ({"a": 4, "b": 4, "c": 0}, {"a": 2, "b": 2}, "class folder(s) without images in"),
+        ({"a": 4, "b": 4}, {"a": 2, "b": 2, "c": 2}, "has class(es) that"),
+    ],
+)
+def test_class_folders_that_would_train_on_silently_are_refused(lite0_dir, data, tmp_path, train, val, message):
+    """One class (every loss zero), an empty class folder (the class vanished from the labels) and validation
+    classes training never sees (their images were dropped unseen) trained on with exit 0."""
+    layout = _layout(tmp_path / "d", data, train, val)
+    out = tmp_path / "run"
+    result = run(finetune_args(lite0_dir, layout, out, 1))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr, result.stderr
+    assert not out.exists()  # nothing left behind
+
+
+def test_a_small_folder_trains_with_a_smaller_batch_and_says_so(lite0_dir, data, tmp_path):
+    """24 images at the default --batch-size 32 made zero steps: timm's scheduler asserted, exit 1, and an
+    empty --out was left. A validation class without images is worth a warning, not a refusal."""
+    layout = _layout(tmp_path / "d", data, {"a": 6, "b": 6}, {"a": 2})
+    out = tmp_path / "run"
+    args = [a for a in finetune_args(lite0_dir, layout, out, 1)]
+    args[args.index("--batch-size") + 1] = "32"
+    result = run(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "effnet-zoo: warning: --batch-size 32 is more than the 12 training images allow: using 12" in result.stderr
+    assert "has no images of: b; accuracy is measured on the other classes only" in result.stderr
+    assert [m["epoch"] for m in metrics(out)] == [1]

@@ -1,5 +1,7 @@
 """timm's model API on our EfficientNet, checked against timm's own tf_efficientnet where it has one."""
 
+import math
+
 import pytest
 import timm
 import torch
@@ -232,3 +234,33 @@ def test_optimize_for_inference_on_a_features_only_backbone():
     assert [t.shape for t in got] == [t.shape for t in want]
     for g, w in zip(got, want, strict=True):
         assert_rel_close(g, w, 1e-5)
+
+
+def test_fresh_weights_follow_tensorflows_initialisers():
+    """TF's efficientnet_model.py: conv kernels normal(0, sqrt(2 / fan_out)) with fan_out = kh * kw * out_filters
+    of the TF kernel shape (depthwise [kh, kw, in, 1]: out_filters 1), untruncated; the dense kernel
+    uniform(+-1 / sqrt(units)); BN gamma 1, beta 0. Checked per layer and pooled over the whole network."""
+    torch.manual_seed(0)
+    model = timm.create_model("effnet_v1_b1", num_classes=1000)
+    pooled = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            out, _, kh, kw = m.weight.shape
+            tf_out_filters = 1 if m.groups == m.in_channels == out else out  # depthwise: depth multiplier 1
+            std = math.sqrt(2.0 / (kh * kw * tf_out_filters))
+            z = m.weight.detach().flatten() / std
+            if z.numel() >= 5000:
+                assert abs(z.std().item() - 1) < 0.06, (name, z.std().item())
+            pooled.append(z)
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            assert bool((m.weight == 1).all() and (m.bias == 0).all()), name
+    z = torch.cat(pooled)
+    assert z.numel() > 5_000_000
+    assert abs(z.std().item() - 1) < 0.01 and abs(z.mean().item()) < 0.01
+    assert abs((z.abs() > 2).float().mean().item() - 0.0455) < 0.002  # a normal's tails: not truncated at 2 sigma
+    dense = model.classifier
+    bound = 1 / math.sqrt(dense.out_features)
+    w = dense.weight.detach()
+    assert w.abs().max() <= bound and w.abs().max() > 0.999 * bound
+    assert abs(w.std().item() - bound / math.sqrt(3)) < 0.01 * bound  # uniform's std
+    assert bool((dense.bias == 0).all())

@@ -113,3 +113,34 @@ def test_push_refuses_linked_weights_and_invalid_repo_ids(finetuned, tmp_path):
     (out / "model.safetensors").symlink_to(tmp_path / "weights.safetensors")
     with pytest.raises(FileNotFoundError, match="has no regular file model.safetensors"):
         effnet_zoo.push_to_hub(out, "acme/effnet-fruit", dry_run=True)
+
+
+class Unwritable:
+    """A config value json cannot write: the folder write fails after model.safetensors is already written."""
+
+
+@pytest.mark.parametrize("failing", ["config", "card"])
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_write_that_fails_midway_leaves_the_previous_folder_intact(tmp_path, failing, existing):
+    """The folder is written beside its destination and renamed into place only once complete, so a failure
+    part way (here after the weights are on disk) leaves the old folder byte for byte, or no folder at all."""
+    from effnet_zoo.hub import write_model_folder
+
+    out = tmp_path / "model"
+    if existing:
+        effnet_zoo.save_pretrained(timm.create_model("effnet_v1_b0", num_classes=3), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()} if existing else None
+    other = timm.create_model("effnet_v1_b0", num_classes=5)
+    config = {"architecture": "effnet_v1_b0", "num_classes": 5}
+    card = "# card\n"
+    if failing == "config":
+        config["label_names"] = Unwritable()
+    else:
+        card = Unwritable()
+    with pytest.raises((TypeError, AttributeError)):
+        write_model_folder(out, other, config, card, force=True)
+    if existing:
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    else:
+        assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == (["model"] if existing else [])  # no temporary left behind

@@ -5,6 +5,8 @@ import math
 import pytest
 import timm
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from effnet_zoo.scaling import (
     BASE_STAGES,
@@ -127,3 +129,21 @@ def test_lite_matches_timms_tf_port(variant):
     x = torch.randn(1, 3, 161, 161)
     with torch.no_grad():
         assert_rel_close(ours(x), ref(x), 1e-4)
+
+
+@settings(max_examples=25)
+@given(phi=st.floats(0, 7))
+def test_phi_model_follows_the_formulas(phi):
+    """Any phi: depth 1.2^phi, width 1.1^phi, resolution 224 * 1.15^phi to a multiple of 8, dropout
+    0.2 + 0.05 phi capped at 0.5, and TF's eval crop res / (res + 32) (CROP_PADDING 32) in the built model."""
+    s = scaling_from_phi(phi)
+    assert s.depth_mult == pytest.approx(1.2**phi, rel=1e-5) and s.width_mult == pytest.approx(1.1**phi, rel=1e-5)
+    assert s.resolution % 8 == 0 and abs(s.resolution - 224 * 1.15**phi) <= 4
+    assert s.dropout == pytest.approx(min(0.5, 0.2 + 0.05 * phi), abs=1e-4)
+    model = timm.create_model("effnet_v1_phi", phi=phi, device="meta")
+    res = s.resolution
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == (3, res, res) and cfg["pool_size"] == (math.ceil(res / 32),) * 2
+    assert cfg["crop_pct"] == pytest.approx(res / (res + 32), abs=0.0015)  # timm rounds the published ones
+    assert model.head.conv.out_channels == round_channels(1280, 1.1**phi)
+    assert [len(stage) for stage in model.blocks] == [math.ceil(r * 1.2**phi - 1e-9) for r in (1, 2, 2, 3, 3, 4, 1)]

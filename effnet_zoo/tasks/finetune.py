@@ -144,6 +144,26 @@ def _check_classes(data: Path, classes: list[str], val_classes: list[str]) -> No
                       "other classes only", stacklevel=2)  # fmt: skip
 
 
+def _fitting_batch_size(batch_size: int, images: int, world: int) -> int:
+    """The per-process batch size, lowered (with a warning) when the training set cannot fill one batch.
+
+    Training drops the last incomplete batch, so 24 images at the default 32 made no steps at all and ended
+    in a scheduler assertion.
+    """
+    if images < world:
+        raise ValueError(f"{images} training image(s) cannot be shared among {world} processes; add images or "
+                         "run fewer processes")  # fmt: skip
+    fitting = min(batch_size, images // world)
+    if fitting < batch_size:
+        warnings.warn(
+            f"--batch-size {batch_size} is more than the {images} training images allow"
+            + (f" across {world} processes" if world > 1 else "")
+            + f": using {fitting}",
+            stacklevel=2,
+        )
+    return fitting
+
+
 def _check_run_dir(out: Path, resume: bool, force: bool) -> None:
     ckpt = out / CHECKPOINT
     if resume and not ckpt.exists():
@@ -196,6 +216,7 @@ def _run_lock(out: Path, main: bool):
         return
     import fcntl
 
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     with open(out / LOCK, "a+") as f:
         try:
@@ -214,6 +235,8 @@ def _run_lock(out: Path, main: bool):
             yield
         finally:
             (out / LOCK).unlink(missing_ok=True)  # still held: no other run can be between its open and lock
+            if created and not any(out.iterdir()):  # failed before writing anything: leave no empty folder
+                out.rmdir()
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
@@ -263,7 +286,8 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
     if cfg.img_size:
         data_cfg["input_size"] = (data_cfg["input_size"][0], cfg.img_size, cfg.img_size)
 
-    common = dict(input_size=data_cfg["input_size"], batch_size=cfg.batch_size, interpolation=data_cfg["interpolation"],
+    batch_size = _fitting_batch_size(cfg.batch_size, len(train_ds), env.world)
+    common = dict(input_size=data_cfg["input_size"], batch_size=batch_size, interpolation=data_cfg["interpolation"],
                   mean=data_cfg["mean"], std=data_cfg["std"], num_workers=cfg.workers, use_prefetcher=False,
                   device=env.device, persistent_workers=False)  # fmt: skip
     train_loader = create_loader(train_ds, is_training=True, distributed=env.enabled, **common)
