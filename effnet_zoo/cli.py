@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as e:  # OSError: missing files, permissions, the Hub's HTTP errors
-        print(f"effnet-zoo: error: {e}", file=sys.stderr)
+        print(f"effnet-zoo: error: {getattr(e, 'cli_message', e)}", file=sys.stderr)  # without Python-only routes
         return 2
     except KeyboardInterrupt:  # outputs are written atomically, so an interrupt leaves nothing half-written
         print("effnet-zoo: interrupted", file=sys.stderr)

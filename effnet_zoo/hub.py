@@ -95,6 +95,44 @@ def explain_hub_error(error: BaseException, what: str) -> str:
     return f"{what}: could not reach the Hub at {constants.ENDPOINT} ({reason}); check the network"
 
 
+# One short request decides whether the Hub answers: huggingface_hub retries a refused or dropped connection five
+# times with back-off (about 25 s per file, and timm asks for two), so an unreachable Hub cost ~50 s before any error.
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hub endpoint cannot be reached, found within ``timeout`` seconds; None if it answers at all (any
+    HTTP status) or offline mode is on (huggingface_hub then answers from the cache itself, at once)."""
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception as e:  # any failure to get an answer: refused, DNS, timeout, TLS, proxy
+        first = str(e).splitlines()[0] if str(e) else ""
+        return f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return None
+
+
+def cached_hub_file(repo_id: str, filenames: tuple[str, ...], revision: str | None = None) -> str | None:
+    """The first of ``filenames`` the local Hub cache holds for ``repo_id``, as a path; None if none is cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        path = try_to_load_from_cache(repo_id, filename, revision=revision)
+        if isinstance(path, str):
+            return path
+    return None
+
+
+UNREACHABLE_ROUTES = (
+    "connect once (files are cached afterwards), point HF_HUB_CACHE at a cache that holds it (HF_HUB_OFFLINE=1 "
+    "then skips the network), or convert weights you have with `effnet-zoo convert ... --out DIR` and load "
+    "local-dir:DIR (docs/converting.md)"
+)
+
+
 def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 

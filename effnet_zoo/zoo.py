@@ -12,12 +12,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import constants
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
-from .hub import explain_hub_error
+from .hub import UNREACHABLE_ROUTES, cached_hub_file, explain_hub_error, hub_unreachable
 from .model import EfficientNet, EfficientNetFeatures
 from .scaling import LITE_VARIANTS, VARIANTS, Scaling, scaling_from_phi
 from .weights.common import require_regular_file
@@ -129,7 +130,15 @@ def paper_regularization(architecture: str) -> dict[str, float]:
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
-    """The Hub could not supply a checkpoint (offline without a cached copy, missing repo or file)."""
+    """The Hub could not supply a checkpoint (offline without a cached copy, missing repo or file).
+
+    ``python_hint`` is a route only Python callers have (``pretrained=False``): part of the message in Python,
+    left out by the command line, which has no such option.
+    """
+
+    def __init__(self, message: str, python_hint: str | None = None) -> None:
+        super().__init__(f"{message}. {python_hint}" if python_hint else message)
+        self.cli_message = message
 
 
 # The arguments timm's tf_efficientnet_bN takes beyond ours: under our name where the meaning is the same, else
@@ -170,6 +179,7 @@ def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> Effi
     _timm_arguments(kwargs)
     if pretrained:
         _check_local_weights(name, kwargs)
+        _route_around_an_unreachable_hub(name, kwargs)
     kwargs.setdefault("width_mult", scaling.width_mult)
     kwargs.setdefault("depth_mult", scaling.depth_mult)
     # features_only: timm's getter wrapper over forward_intermediates, with set_grad_checkpointing; a caller's
@@ -204,6 +214,25 @@ def _check_local_weights(name: str, kwargs: dict[str, Any]) -> None:
         require_regular_file(Path(where), "the weights file")
 
 
+def _route_around_an_unreachable_hub(name: str, kwargs: dict[str, Any]) -> None:
+    """Decide in seconds, not a minute, when the Hub cannot be reached: load a cached copy directly (timm's
+    ``file`` source), or fail at once with the routes that exist."""
+    cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+    kind, repo = weights_source(cfg.to_dict())
+    if kind != "hf-hub" or (reason := hub_unreachable()) is None:
+        return
+    files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else WEIGHT_FILES
+    cached = cached_hub_file(repo, files, cfg.to_dict().get("hf_hub_revision"))
+    if cached is not None:
+        kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": cached}
+        return
+    raise PretrainedWeightsUnavailable(
+        f"the pretrained weights of {name}.{cfg.tag} from {repo!r}: not in the local cache, and the Hub at "
+        f"{constants.ENDPOINT} could not be reached ({reason}); {UNREACHABLE_ROUTES}",
+        python_hint="pretrained=False builds the model with random weights",
+    )
+
+
 def _load_failure(e: Exception, name: str, kwargs: dict[str, Any]) -> Exception | None:
     """One clear error for a pretrained load that failed at its source; None for any other failure."""
     from_torch_load = raised_by_torch_load(e)  # timm re-raises a refused pickle as RuntimeError from it
@@ -222,7 +251,7 @@ def _load_failure(e: Exception, name: str, kwargs: dict[str, Any]) -> Exception 
     if isinstance(e, SafetensorError):
         return CorruptWeightsError(f"{what}: {unreadable_safetensors(source_file(cfg.to_dict()) or source, e)}")
     return PretrainedWeightsUnavailable(
-        f"{explain_hub_error(e, what)}. pretrained=False builds the model with random weights"
+        explain_hub_error(e, what), python_hint="pretrained=False builds the model with random weights"
     )
 
 

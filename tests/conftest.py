@@ -60,9 +60,10 @@ def timm_reference(arch: str, seed: int = 0, **kwargs) -> torch.nn.Module:
     return randomize_bn(timm.create_model(arch, **kwargs), seed).eval()
 
 
-def add_hub_repo(repo_id: str, files: dict[str, bytes]) -> Path:
-    """Lay out ``repo_id`` in the offline Hub cache exactly as huggingface_hub stores a download."""
-    folder = Path(_HF_CACHE) / ("models--" + repo_id.replace("/", "--"))
+def add_hub_repo(repo_id: str, files: dict[str, bytes], cache: str | Path = _HF_CACHE) -> Path:
+    """Lay out ``repo_id`` in a Hub cache (the suite's offline one unless told) as huggingface_hub stores a
+    download."""
+    folder = Path(cache) / ("models--" + repo_id.replace("/", "--"))
     sha = hashlib.sha1(repo_id.encode()).hexdigest()
     (folder / "refs").mkdir(parents=True, exist_ok=True)
     (folder / "refs" / "main").write_text(sha)

@@ -14,10 +14,29 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineMo
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from ..hub import check_model_config, explain_hub_error
+from ..hub import UNREACHABLE_ROUTES, cached_hub_file, check_model_config, explain_hub_error, hub_unreachable
 from ..zoo import PretrainedWeightsUnavailable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def reachable_name(name: str) -> str:
+    """``name`` itself, or for ``hf-hub:ID`` while the Hub cannot be reached, its cached snapshot as
+    ``local-dir:``; with nothing cached, fail within seconds (huggingface_hub's retries took ~50 s)."""
+    if os.path.isdir(name) and not name.startswith(("local-dir:", "hf-hub:")):
+        return f"local-dir:{name}"
+    if not name.startswith("hf-hub:") or (reason := hub_unreachable()) is None:
+        return name
+    repo, _, revision = name.removeprefix("hf-hub:").partition("@")
+    config = cached_hub_file(repo, ("config.json",), revision or None)
+    if config is not None and cached_hub_file(repo, ("model.safetensors", "pytorch_model.bin"), revision or None):
+        return f"local-dir:{Path(config).parent}"
+    from huggingface_hub import constants
+
+    raise PretrainedWeightsUnavailable(
+        f"could not load {name!r}: not in the local cache, and the Hub at {constants.ENDPOINT} could not be reached "
+        f"({reason}); {UNREACHABLE_ROUTES}"
+    )
 
 
 def load_pretrained(name: str, **kwargs) -> nn.Module:
@@ -26,8 +45,7 @@ def load_pretrained(name: str, **kwargs) -> nn.Module:
     A bare folder path is accepted as ``local-dir:``, since a folder written by ``convert`` / ``finetune`` is
     what users most often have at hand.
     """
-    if os.path.isdir(name) and not name.startswith(("local-dir:", "hf-hub:")):
-        name = f"local-dir:{name}"
+    name = reachable_name(name)
     if not name.startswith(("local-dir:", "hf-hub:")) and not timm.list_pretrained(name):
         base = name.split(".")[0]
         tags = timm.list_pretrained(f"{base}.*")
@@ -46,9 +64,8 @@ def architecture_of(name: str) -> str:
 
     The name comes back unchanged when the config cannot be read here (the model's own load then explains why).
     """
-    if os.path.isdir(name) and not name.startswith(("local-dir:", "hf-hub:")):
-        name = f"local-dir:{name}"
     try:
+        name = reachable_name(name)
         if name.startswith("local-dir:"):
             config = Path(name.removeprefix("local-dir:")) / "config.json"
         elif name.startswith("hf-hub:"):
@@ -58,7 +75,15 @@ def architecture_of(name: str) -> str:
         else:
             return name
         return str(json.loads(config.read_text()).get("architecture", name))
-    except (OSError, ValueError, AttributeError, EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled):
+    except (
+        OSError,
+        ValueError,
+        AttributeError,
+        EntryNotFoundError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        PretrainedWeightsUnavailable,
+    ):
         return name
 
 
