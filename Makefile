@@ -1,10 +1,11 @@
 # Two entry points, each installing what it needs into ./.venv first:
-#   make demo  -> the compound-scaled design of EfficientNet-B0 (offline)
-#   make test  -> lint + the whole test suite (offline, CPU)
+#   make demo  -> pretrained EfficientNet classifying photos, and its feature pyramid (runtime deps + demo extra)
+#   make test  -> lint + the whole test suite (offline, CPU; the test extras)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: demo test install hub-configs clean
 
@@ -13,10 +14,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $(STAMP)
 
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[demo]'
+	touch $(DEMO_STAMP)
+
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/effnet-zoo summary effnet_v1_b0
+demo: $(DEMO_STAMP)
+	$(BIN)/effnet-zoo demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -121,6 +121,13 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if result.predictions else 1
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .tasks.demo import demo
+
+    demo(args.images or None, args.topk)
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     from .tasks.predict import report_skip
     from .tasks.validate import format_result, validate
@@ -217,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_push)
 
     model_help = "a pretrained tag (effnet_v1_b0.aa_in1k), local-dir:DIR, a folder, or hf-hub:ORG/NAME"
+    p = sub.add_parser("demo", help="the main job in a minute: pretrained weights, photos classified, a pyramid")
+    p.add_argument("images", nargs="*", help="your own images (default: the photographs shipped with effnet_zoo)")
+    p.add_argument("--topk", type=POSITIVE_INT, default=5, help="how many classes to show per image")
+    p.set_defaults(func=_demo)
+
     p = sub.add_parser("predict", help="classify images (files, folders, globs)")
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--model", default="effnet_v1_b0.aa_in1k", help=model_help)

@@ -80,6 +80,15 @@ def safetensors_bytes(state_dict: dict[str, torch.Tensor], tmp_path: Path) -> by
     return path.read_bytes()
 
 
+def closed_port() -> int:
+    """A local TCP port nothing listens on: as HF_ENDPOINT, a Hub that refuses every connection."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed on leaving: connecting is refused
+
+
 def json_bytes(obj) -> bytes:
     return json.dumps(obj).encode()
 

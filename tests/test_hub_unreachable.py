@@ -6,14 +6,13 @@ Before, each weights file was retried five times with back-off: ~50 s and ten "R
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import timm
-from conftest import add_hub_repo, safetensors_bytes, timm_reference
+from conftest import add_hub_repo, closed_port, safetensors_bytes, timm_reference
 from PIL import Image
 
 import effnet_zoo
@@ -53,12 +52,6 @@ for case, run in cases.items():
     results[case] = {"value": value, "stderr": err.getvalue(), "seconds": time.perf_counter() - start}
 print(json.dumps(results))
 """
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed on exit: connecting is refused
 
 
 @pytest.fixture(scope="module")

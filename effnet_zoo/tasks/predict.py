@@ -51,6 +51,14 @@ def predict(
         raise FileNotFoundError(f"no image files found in {inputs}")
     dev = resolve_device(device)
     model = load_pretrained(model_name).eval().to(dev)
+    return classify(model, model_name, paths, topk, batch_size, on_skip)
+
+
+def classify(
+    model: torch.nn.Module, model_name: str, paths: list[Path], topk: int = 5, batch_size: int = 16, on_skip=None
+) -> PredictResult:
+    """Top-k classes of each image with a loaded model, preprocessed as its ``pretrained_cfg`` says."""
+    dev = next(model.parameters()).device
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
     names = class_names(model)
     k = min(topk, model.num_classes)
