@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
+import os
 import sys
 import warnings
 from typing import Any
@@ -139,13 +142,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from .tasks.common import count
     from .tasks.finetune import FinetuneConfig, finetune
 
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
     result = finetune(FinetuneConfig(**fields))
     if "model_dir" in result:
         last = result["history"][-1] if result["history"] else {}
-        print(f"fine-tuned {args.model} on {len(result['classes'])} classes ({result['world_size']} process(es)); "
+        print(f"fine-tuned {args.model} on {count(len(result['classes']), 'class', 'classes')} "
+              f"({count(result['world_size'], 'process', 'processes')}); "
               f"last epoch: {json.dumps(last)}")  # fmt: skip
         if "rank_param_diff" in result:
             print(f"  ranks in sync: max param diff {result['rank_param_diff']:g} across {result['world_size']} ranks")
@@ -187,9 +192,29 @@ NON_NEGATIVE = _checked(float, "a number >= 0", lambda v: v >= 0)
 FRACTION = _checked(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """--help shows each option's default where it has a real one (not for flags or unset options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            default in (None, False, argparse.SUPPRESS)
+            or default == []
+            or "default" in text
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="effnet-zoo", description="EfficientNet-V1, TF-exact, as a timm plugin.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"effnet-zoo {__version__}")
+    subcommand = functools.partial(argparse.ArgumentParser, formatter_class=_DefaultsShown)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=subcommand)
     p = sub.add_parser("summary", help="print a model's compound-scaled design (offline)")
     p.add_argument("model", nargs="?", default="effnet_v1_b0", help="e.g. effnet_v1_b3, effnet_v1_b3.aa_in1k or b3")
     p.add_argument("--phi", type=float, help="a custom compound coefficient instead of a named variant, e.g. 2.5")
@@ -232,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify images (files, folders, globs)")
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--model", default="effnet_v1_b0.aa_in1k", help=model_help)
-    p.add_argument("--topk", type=POSITIVE_INT, default=5)
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
+    p.add_argument("--topk", type=POSITIVE_INT, default=5, help="how many classes to show per image")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="images per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_predict)
@@ -241,9 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="top-1 / top-5 over an image folder (DIR/<class>/<image>)")
     p.add_argument("--data", required=True, help="ImageFolder root; class folders named like the model's classes")
     p.add_argument("--model", required=True, help=model_help)
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=64)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="images per forward pass")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="NHWC model and batches")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--workers", type=COUNT, default=2, help="data loader processes")
     p.add_argument("--json", action="store_true", help="machine-readable output (no progress bar)")
@@ -253,17 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder with train/<class>/<image> and val/<class>/<image>")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.jsonl, and model/ at the end")
-    p.add_argument("--epochs", type=POSITIVE_INT, default=10)
-    p.add_argument("--lr", type=POSITIVE, default=1e-3)
+    p.add_argument("--epochs", type=POSITIVE_INT, default=10, help="passes over the training images")
+    p.add_argument("--lr", type=POSITIVE, default=1e-3, help="peak learning rate (after warmup)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="per process")
     p.add_argument("--opt", default="adamw", help="any timm optimizer name: adamw, sgd, lamb, ...")
-    p.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.05)
+    p.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.05, help="not applied to BatchNorm and biases")
     p.add_argument("--momentum", type=FRACTION, default=0.9, help="for sgd")
-    p.add_argument("--warmup-epochs", type=NON_NEGATIVE, default=1.0)
-    p.add_argument("--min-lr", type=NON_NEGATIVE, default=1e-6)
-    p.add_argument("--label-smoothing", type=FRACTION, default=0.1)
+    p.add_argument("--warmup-epochs", type=NON_NEGATIVE, default=1.0, help="linear warmup from lr / 100")
+    p.add_argument("--min-lr", type=NON_NEGATIVE, default=1e-6, help="where the cosine schedule ends")
+    p.add_argument("--label-smoothing", type=FRACTION, default=0.1, help="of the cross-entropy targets")
     p.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights; evaluate and save it")
-    p.add_argument("--ema-decay", type=FRACTION, default=0.9998)
+    p.add_argument("--ema-decay", type=FRACTION, default=0.9998, help="per update, with --model-ema")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bfloat16 autocast (default: on for CUDA)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="NHWC model and batches (default: on for CUDA; the CPU model is NHWC inside)")  # fmt: skip
@@ -274,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--img-size", type=POSITIVE_INT, help="train/eval resolution (default: the weights')")
     p.add_argument("--workers", type=COUNT, default=2, help="data loader processes per process")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="shuffling, augmentation and drop path; per epoch")
     p.add_argument("--device", help="cpu, cuda (default: cuda when available; torchrun: the local rank's GPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--force", action="store_true", help="start over in an --out that holds a run")
@@ -303,7 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _warning_line  # one line a user can read, not a source location
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return code
+    except BrokenPipeError:  # `effnet-zoo summary --json | head`: the reader left; stop quietly, as cat does
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141  # 128 + SIGPIPE, what a shell reports for a program the pipe ended
     except (ValueError, OSError, RuntimeError) as e:  # OSError: missing files, permissions, the Hub's HTTP errors
         print(f"effnet-zoo: error: {getattr(e, 'cli_message', e)}", file=sys.stderr)  # without Python-only routes
         return 2

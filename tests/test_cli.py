@@ -65,3 +65,26 @@ def test_unknown_model_is_a_clear_error():
     assert out.returncode == 2
     assert "unknown model 'effnet_v1_b9'" in out.stderr and "effnet_v1_b7" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_version_and_help_defaults():
+    """No --version existed; --help showed no defaults (epochs 10, lr 1e-3, batch 32, warmup) and --topk had no
+    description."""
+    from importlib.metadata import version
+
+    assert cli("--version").stdout.strip() == f"effnet-zoo {version('effnet-zoo')}"
+    finetune = cli("finetune", "--help").stdout
+    for shown in ("(default: 10)", "(default: 0.001)", "per process (default: 32)", "lr / 100 (default: 1.0)"):
+        assert shown in " ".join(finetune.split()), shown
+    predict = " ".join(cli("predict", "--help").stdout.split())
+    assert "--topk TOPK how many classes to show per image (default: 5)" in predict
+    assert "(default: None)" not in finetune + predict and "(default: False)" not in finetune + predict
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`effnet-zoo summary --json | head` ended in "error: [Errno 32] Broken pipe"."""
+    done = subprocess.Popen([console_script(), "summary", "--phi", "3", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    done.stdout.close()  # the reader is gone before anything is written
+    assert done.wait(timeout=120) == 141  # 128 + SIGPIPE, as a shell reports for cat
+    assert done.stderr.read() == b""

@@ -3,6 +3,7 @@ weights and real photographs; expected numbers are computed independently in the
 
 import json
 import struct
+import subprocess
 import zlib
 
 import numpy as np
@@ -232,3 +233,24 @@ def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
     rgb = np.asarray(open_image(tmp_path / "camera16.png"))
     assert rgb.shape == (*camera16.shape, 3) and (rgb[..., 0] == rgb[..., 2]).all()
     assert np.abs(rgb[..., 0] - reference).max() <= 0.5 + 1e-9
+
+
+def test_skipped_files_are_reported_above_the_progress_bar(lite0_dir, photos, tmp_path):
+    """validate printed "skipped ..." onto the progress bar's line; counts are pluralised ("1 unreadable file")."""
+    data = _image_folder(tmp_path / "val", {ESPRESSO: [skimage_data.coffee()]})
+    (data / ESPRESSO / "notes.jpg").write_text("this is not an image")
+    out = cli("validate", "--data", data, "--model", f"local-dir:{lite0_dir}", "--workers", "0")
+    assert out.returncode == 0, out.stderr
+    lines = [line.rsplit("\r", 1)[-1] for line in out.stderr.split("\n") if "skipped" in line]
+    assert lines and all(line.startswith("effnet-zoo: skipped ") for line in lines), out.stderr
+    assert "(1 image, " in out.stdout and "; 1 unreadable file skipped, not counted" in out.stdout
+
+
+def test_torch_export_says_nothing_on_success(lite0_dir, tmp_path):
+    """It logged "Unable to load package ... .b3.pt2.*.tmp" (and a warning) on every successful export."""
+    from conftest import console_script
+
+    done = subprocess.run([console_script(), "export", "--model", f"local-dir:{lite0_dir}", "--format",
+                           "torch-export", "--out", str(tmp_path / "m.pt2"), "--img-size", "64"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr

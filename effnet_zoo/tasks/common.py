@@ -59,6 +59,11 @@ def load_pretrained(name: str, **kwargs) -> nn.Module:
         raise PretrainedWeightsUnavailable(explain_hub_error(e, f"could not load {name!r}")) from e
 
 
+def count(n: int, singular: str, plural: str | None = None) -> str:
+    """'1 epoch', '10 epochs', '1 class', '2 classes'."""
+    return f"{n} {singular if n == 1 else (plural or singular + 's')}"
+
+
 def architecture_of(name: str) -> str:
     """The registered architecture behind a model name: the name itself, or a folder's / Hub repo's config.json's.
 

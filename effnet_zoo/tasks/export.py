@@ -6,6 +6,7 @@ has no run-time padding logic and a dynamic batch dimension costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,14 @@ class ExportResult:
     checked_batch: int
 
 
+@contextlib.contextmanager
+def _pt2_quiet():
+    """torch's .pt2 packager warns about tensors that share storage "when your weights are not on CPU"; these are."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        yield
+
+
 def _export_to(fmt: str, model: torch.nn.Module, x: torch.Tensor, path: str, dynamic_batch: bool) -> None:
     if fmt == "onnx":
         try:
@@ -47,7 +56,10 @@ def _export_to(fmt: str, model: torch.nn.Module, x: torch.Tensor, path: str, dyn
             torch.jit.script(model).save(path)
     else:
         dynamic = {"x": {0: torch.export.Dim("batch")}} if dynamic_batch else None
-        torch.export.save(torch.export.export(model, (x,), dynamic_shapes=dynamic), path)
+        # as an open file: given the temporary file's name (not *.pt2) torch logs a warning on save and load
+        program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
+        with open(path, "wb") as f, _pt2_quiet():
+            torch.export.save(program, f)
 
 
 def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +73,8 @@ def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
     if fmt == "torchscript":
         return torch.jit.load(str(path))(x)
-    return torch.export.load(str(path)).module()(x)
+    with open(path, "rb") as f, _pt2_quiet():
+        return torch.export.load(f).module()(x)
 
 
 def export(

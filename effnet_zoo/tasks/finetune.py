@@ -35,7 +35,7 @@ from .._io import atomic_write, atomic_write_text, check_output
 from ..hub import save_pretrained
 from ..weights.torch_file import torch_load_error
 from ..zoo import paper_regularization
-from .common import architecture_of, autocast, load_pretrained, resolve_device
+from .common import architecture_of, autocast, count, load_pretrained, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -144,7 +144,24 @@ def _check_classes(data: Path, classes: list[str], val_classes: list[str]) -> No
                       "other classes only", stacklevel=2)  # fmt: skip
 
 
-def _fitting_batch_size(batch_size: int, images: int, world: int) -> int:
+# Settings a resumed run must share with the checkpoint's: any other value makes it a different run (the data
+# order, schedule, augmentation or numerics change) while it would still be reported as one.
+SAME_ON_RESUME = ("model", "epochs", "lr", "batch_size", "opt", "weight_decay", "momentum", "warmup_epochs",
+                  "min_lr", "label_smoothing", "model_ema", "ema_decay", "amp", "channels_last", "drop_path",
+                  "drop_rate", "img_size", "seed")  # fmt: skip
+
+
+def _check_same_settings(saved: dict, now: dict, saved_world: int, world: int) -> None:
+    changed = [f"--{k.replace('_', '-')} {saved[k]} -> {now[k]}" for k in SAME_ON_RESUME
+               if k in saved and saved[k] != now[k]]  # fmt: skip
+    if saved_world != world:
+        changed.append(f"processes {saved_world} -> {world}")
+    if changed:
+        raise ValueError(f"--resume: the run was started with other settings ({'; '.join(changed)}); resume with "
+                         "the settings it was started with, or start over with --force")  # fmt: skip
+
+
+def _fitting_batch_size(batch_size: int, images: int, world: int, main: bool = True) -> int:
     """The per-process batch size, lowered (with a warning) when the training set cannot fill one batch.
 
     Training drops the last incomplete batch, so 24 images at the default 32 made no steps at all and ended
@@ -154,7 +171,7 @@ def _fitting_batch_size(batch_size: int, images: int, world: int) -> int:
         raise ValueError(f"{images} training image(s) cannot be shared among {world} processes; add images or "
                          "run fewer processes")  # fmt: skip
     fitting = min(batch_size, images // world)
-    if fitting < batch_size:
+    if fitting < batch_size and main:  # said once, not by every process
         warnings.warn(
             f"--batch-size {batch_size} is more than the {images} training images allow"
             + (f" across {world} processes" if world > 1 else "")
@@ -274,6 +291,10 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
     channels_last = on_gpu if cfg.channels_last is None else cfg.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    elif env.enabled and not on_gpu:
+        # the CPU model computes NHWC inside, so its conv weight gradients come out channels_last; DDP's buckets
+        # follow the parameters' layout, which must match or every process warns and copies
+        model = model.to(memory_format=torch.channels_last)
     classifier = model.get_classifier()
     if model.pretrained_cfg.get("num_classes") != len(classes) and isinstance(classifier, nn.Linear):
         # A new head starts at zero logits: TF's uniform(+-1/sqrt(classes)) init is meant for 1000 classes and
@@ -286,7 +307,7 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
     if cfg.img_size:
         data_cfg["input_size"] = (data_cfg["input_size"][0], cfg.img_size, cfg.img_size)
 
-    batch_size = _fitting_batch_size(cfg.batch_size, len(train_ds), env.world)
+    batch_size = _fitting_batch_size(cfg.batch_size, len(train_ds), env.world, env.main)
     common = dict(input_size=data_cfg["input_size"], batch_size=batch_size, interpolation=data_cfg["interpolation"],
                   mean=data_cfg["mean"], std=data_cfg["std"], num_workers=cfg.workers, use_prefetcher=False,
                   device=env.device, persistent_workers=False)  # fmt: skip
@@ -303,6 +324,7 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.model_ema else None
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
+    settings = {**asdict(cfg), "amp": amp, "channels_last": channels_last}  # as resolved for this device
     start_epoch, updates, history = 0, 0, []
     if cfg.resume:
         try:
@@ -310,6 +332,7 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
         except Exception as e:  # damaged by hand or by the disk: checkpoints are written atomically
             redo = "restore it, or start over with --force"
             raise torch_load_error(out / CHECKPOINT, e, redo) from e
+        _check_same_settings(state.get("config", {}), settings, state.get("world_size", 1), env.world)
         if state["classes"] != classes:
             raise ValueError(f"--resume: the checkpoint was trained on classes {state['classes'][:5]}..., "
                              f"the data now has {classes[:5]}...; resume with the same --data")  # fmt: skip
@@ -361,15 +384,15 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
             metrics.update(evaluate(ema.module if ema is not None else model, val_loader, env.device, amp))
             history.append(metrics)
             state = {
-                "epoch": epoch, "updates": updates, "history": history, "classes": classes, "config": asdict(cfg),
+                "epoch": epoch, "updates": updates, "history": history, "classes": classes, "config": settings,
+                "world_size": env.world,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
             }  # fmt: skip
             atomic_write(out / CHECKPOINT, functools.partial(torch.save, state))  # a kill mid-write keeps the last
             atomic_write_text(out / METRICS, "".join(json.dumps(m) + "\n" for m in history))
-            if cfg.progress:
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch")
-                tqdm.write(f"epoch {epoch + 1}: {shown}")
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch")
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: {shown}")  # also with --no-progress: the run's record
         env.barrier()
 
     result = {"run_dir": str(out), "classes": classes, "history": history, "world_size": env.world}
@@ -378,9 +401,14 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
     if env.main:
         final = ema.module if ema is not None else model
         what = (
-            f"{cfg.epochs} epochs on {len(train_ds)} images in {len(classes)} classes, {cfg.opt} lr {cfg.lr}, "
+            f"{count(cfg.epochs, 'epoch')} on {count(len(train_ds), 'image')} in "
+            f"{count(len(classes), 'class', 'classes')}, {cfg.opt} lr {cfg.lr}, "
             f"cosine schedule, label smoothing {cfg.label_smoothing}" + (", EMA weights" if ema else "")
         )
+        # the preprocessing the run evaluated with is the model's from now on (validate / predict read it)
+        final.pretrained_cfg = {**final.pretrained_cfg, "input_size": tuple(data_cfg["input_size"]),
+                                "crop_pct": data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
+                                "mean": tuple(data_cfg["mean"]), "std": tuple(data_cfg["std"])}  # fmt: skip
         saved = save_pretrained(final.eval(), out / FINAL, label_names=classes, training=what, force=True)
         result["model_dir"] = str(saved)
     env.barrier()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import timm
 import torch
+from tqdm import tqdm
 
 from .common import class_names, expand_image_paths, load_pretrained, open_image, printable, resolve_device
 
@@ -92,4 +93,5 @@ def format_result(result: PredictResult) -> str:
 
 
 def report_skip(path: Path, error: Exception) -> None:
-    print(f"effnet-zoo: skipped {printable(str(path))}: {printable(str(error))}", file=sys.stderr)
+    """One line on stderr, above any progress bar rather than onto it."""
+    tqdm.write(f"effnet-zoo: skipped {printable(str(path))}: {printable(str(error))}", file=sys.stderr)

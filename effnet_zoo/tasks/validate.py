@@ -11,7 +11,7 @@ import torch
 from timm.data import create_dataset, create_loader, resolve_data_config
 from tqdm import tqdm
 
-from .common import autocast, class_ids, load_pretrained, open_image, resolve_device
+from .common import autocast, class_ids, count, load_pretrained, open_image, resolve_device
 
 
 @dataclass
@@ -142,8 +142,8 @@ def validate(
 def format_result(r: ValidateResult) -> str:
     return (
         f"{r.model} on {r.data}: top-1 {r.top1:.3f}%  top-5 {r.top5:.3f}%  loss {r.loss:.4f}  "
-        f"({r.num_images} images, {r.img_per_s:.1f} img/s on {r.device}{', bf16 autocast' if r.amp else ''})"
-        + (f"; {len(r.skipped)} unreadable files skipped, not counted" if r.skipped else "")
+        f"({count(r.num_images, 'image')}, {r.img_per_s:.1f} img/s on {r.device}{', bf16 autocast' if r.amp else ''})"
+        + (f"; {count(len(r.skipped), 'unreadable file')} skipped, not counted" if r.skipped else "")
     )
 
 
