@@ -181,3 +181,64 @@ def test_torchvision_retinanet():
     assert set(losses[0]) == {"classification", "bbox_regression"}
     for key in losses[1]:
         assert_rel_close(losses[0][key], losses[1][key], 1e-4)
+
+
+def test_torchvision_fasterrcnn():
+    """The recipe follows the RetinaNet one on the page (it reuses its wrapper), as a reader pastes them."""
+    ours, control, _ = twins(recipe("retinanet") + "\n" + recipe("fasterrcnn"))
+    # heads that start near zero leave the proposals' ranking (top-k, NMS) to float noise: spread them out
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for head in (control.rpn.head, control.roi_heads.box_head, control.roi_heads.box_predictor):
+            for name, m in head.named_modules():
+                if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):  # box deltas small, scores spread
+                    gain = 0.1 if "bbox" in name else 2.0
+                    m.weight.normal_(0, gain / m.weight[0].numel() ** 0.5, generator=g)
+                    m.bias.zero_()
+    for name in ("rpn", "roi_heads"):
+        getattr(ours, name).load_state_dict(getattr(control, name).state_dict())
+    assert list(ours.rpn.anchor_generator.sizes) == [(32,), (64,), (128,), (256,), (512,)]  # the defaults
+    images = list(_x(2, 3, 320, 320))
+    ours.eval(), control.eval()
+    with torch.no_grad():
+        batch, _ = control.transform(images)
+        features, theirs = ours.backbone(batch.tensors), control.backbone(batch.tensors)
+        assert list(features) == ["0", "1", "2", "3", "pool"]
+        assert [f.shape[-1] for f in features.values()] == [80, 40, 20, 10, 5]
+        for key in features:
+            assert_rel_close(features[key], theirs[key], 1e-4)
+        # Random heads give hundreds of near-equal boxes, so which survive the score threshold and NMS is float
+        # noise: the heads are compared before those discrete steps, on the control's proposals.
+        for got, want in zip(ours.rpn.head(list(features.values())), control.rpn.head(list(theirs.values())),
+                             strict=True):  # fmt: skip
+            for g, w in zip(got, want, strict=True):
+                assert_rel_close(g, w, 1e-4)
+        proposals, _ = control.rpn(batch, theirs)
+        heads = []
+        for model, maps in ((ours, features), (control, theirs)):
+            pooled = model.roi_heads.box_roi_pool(maps, proposals, batch.image_sizes)
+            heads.append(model.roi_heads.box_predictor(model.roi_heads.box_head(pooled)))
+        for g, w in zip(*heads, strict=True):
+            assert_rel_close(g, w, 1e-4)
+        detections = ours(images)
+    assert [set(d) for d in detections] == [{"boxes", "scores", "labels"}] * 2 and len(detections[0]["boxes"]) > 10
+    targets = [
+        {"boxes": torch.tensor([[30.0, 40.0, 200.0, 220.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[10.0, 100.0, 150.0, 300.0], [60.0, 60.0, 120.0, 90.0]]),
+         "labels": torch.tensor([2, 1])},
+    ]  # fmt: skip
+    assert set(ours.train()(images, targets)) == {"loss_classifier", "loss_box_reg", "loss_objectness",
+                                                  "loss_rpn_box_reg"}  # fmt: skip
+    # One training step, the RoI heads again on the control's proposals (which ones NMS keeps is float noise)
+    losses = []
+    for model in (ours, control):
+        model.train()
+        batch, boxes = model.transform(images, targets)
+        maps = model.backbone(batch.tensors)
+        torch.manual_seed(0)  # the anchors and proposals each head trains on are sampled at random: same draws
+        out = model.rpn(batch, maps, boxes)[1]
+        out.update(model.roi_heads(maps, proposals, batch.image_sizes, boxes)[1])
+        losses.append(out)
+        _sgd_step(model, sum(out.values()))
+    for key in losses[1]:
+        assert_rel_close(losses[0][key], losses[1][key], 1e-4)
