@@ -15,7 +15,8 @@ Modes:
          renamed), each library in a fresh process: wall time and peak RSS growth (Linux)
   fast   each library's documented inference fast path: ours ``effnet_zoo.optimize_for_inference``; torchvision
          with ``torch.fx.experimental.optimization.fuse`` + channels_last (timm's TF model cannot be traced for that:
-         its padding is computed at run time), against timm's eager model.
+         its padding is computed at run time), against timm's eager model. On the CPU (fp32) also ONNX Runtime
+         running what ``effnet-zoo export --format onnx`` writes (needs the ``export`` extra).
 """
 
 from __future__ import annotations
@@ -126,7 +127,33 @@ def fast_paths(variant: str, args: argparse.Namespace, size: int, batch: int) ->
         with torch.inference_mode(), autocast(args):
             return m(inp)
 
-    return {"ours": lambda: run(ours, x), "timm_tf": lambda: run(timm_tf, x), "torchvision": lambda: run(tv, x_cl)}
+    paths = {"ours": lambda: run(ours, x), "timm_tf": lambda: run(timm_tf, x), "torchvision": lambda: run(tv, x_cl)}
+    if args.device == "cpu" and args.dtype == "fp32" and not args.compile:
+        session = _onnxruntime_session(ours, x)
+        if session is not None:
+            feed = {session.get_inputs()[0].name: x.numpy()}
+            paths["onnxruntime"] = lambda: session.run(None, feed)
+    return paths
+
+
+def _onnxruntime_session(fast: torch.nn.Module, x: torch.Tensor):
+    """ONNX Runtime on the file ``effnet-zoo export --format onnx`` writes (the same fast path, exported), with
+    as many threads as torch uses; None without onnxruntime (the ``export`` extra)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    from effnet_zoo.tasks.export import write_exported
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/model.onnx"
+        with torch.no_grad():
+            write_exported("onnx", fast, x, path, dynamic_batch=False)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        # ORT's idle threads spin by default, taking the cores from the candidates timed between its runs
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def bench_fast(variant: str, args: argparse.Namespace) -> list[dict]:
@@ -269,6 +296,7 @@ def _row(mode: str, variant: str, batch: int, size: int, med: dict[str, float]) 
         "img_per_s": {k: round(batch / v, 1) for k, v in med.items()},
         "speedup_vs_timm_tf": round(med["timm_tf"] / med["ours"], 3),
         "speedup_vs_torchvision": round(med["torchvision"] / med["ours"], 3),
+        **({"onnxruntime_vs_ours": round(med["ours"] / med["onnxruntime"], 3)} if "onnxruntime" in med else {}),
     }
 
 
@@ -326,6 +354,8 @@ def _print(rows: list[dict]) -> None:
         ms = "  ".join(f"{k} {v:.1f} ms" for k, v in r["ms"].items())
         line = (f"{r['mode']:<6}{r['model']:<4} batch {r['batch']:<4} {ms}  |  ours x{r['speedup_vs_timm_tf']:.2f} "
                 f"vs timm tf_, x{r['speedup_vs_torchvision']:.2f} vs torchvision")  # fmt: skip
+        if "onnxruntime_vs_ours" in r:
+            line += f", onnxruntime x{r['onnxruntime_vs_ours']:.2f} vs ours"
         if "peak_mib" in r:
             line += "  | peak MiB " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_mib"].items())
         print(line, flush=True)

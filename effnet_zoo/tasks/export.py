@@ -39,7 +39,8 @@ def _pt2_quiet():
         yield
 
 
-def _export_to(fmt: str, model: torch.nn.Module, x: torch.Tensor, path: str, dynamic_batch: bool) -> None:
+def write_exported(fmt: str, model: torch.nn.Module, x: torch.Tensor, path: str, dynamic_batch: bool) -> None:
+    """Write ``model`` traced on ``x`` as ``fmt`` to ``path``: what ``export`` writes (benchmarks/bench.py too)."""
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401
@@ -115,7 +116,7 @@ def export(
 
     def write(tmp: Path) -> None:
         with torch.inference_mode(False), torch.no_grad():
-            _export_to(fmt, fast, x, str(tmp), dynamic_batch)
+            write_exported(fmt, fast, x, str(tmp), dynamic_batch)
             outputs["got"] = got = _run_exported(fmt, tmp, check).float()  # the file as written, before renaming
         if not torch.isfinite(got).all():  # raised inside the write: the half-checked file is not kept
             raise ValueError(f"the exported {fmt} model gives NaN/Inf where the model does not; nothing exported")
