@@ -31,7 +31,7 @@ MODEL_NAME = re.compile(r"effnet_(?:v1_b\d|v1_l2|lite\d)(?:\.\w+)?")
 NOT_RUN = {
     "make demo": "installs the demo environment; effnet-zoo demo itself runs in tests/test_demo.py",
     "make test": "is this suite",
-    "pip install -e .": "installs the package, as .ci/run does before this suite",
+    "pip install -e '.[demo]'": "installs the package, as .ci/run does before this suite",
     "OUT=gpu-results bash tools/gpu_check.sh": "needs a CUDA GPU (tests/test_cuda.py on the device)",
 }
 
