@@ -129,6 +129,9 @@ def paper_regularization(architecture: str) -> dict[str, float]:
     return {"drop_rate": scaling.dropout, "drop_path_rate": PAPER_DROP_PATH_RATE}
 
 
+RANDOM_WEIGHTS_ROUTE = "pretrained=False builds the model with random weights"
+
+
 class PretrainedWeightsUnavailable(RuntimeError):
     """The Hub could not supply a checkpoint (offline without a cached copy, missing repo or file).
 
@@ -229,7 +232,7 @@ def _route_around_an_unreachable_hub(name: str, kwargs: dict[str, Any]) -> None:
     raise PretrainedWeightsUnavailable(
         f"the pretrained weights of {name}.{cfg.tag} from {repo!r}: not in the local cache, and the Hub at "
         f"{constants.ENDPOINT} could not be reached ({reason}); {UNREACHABLE_ROUTES}",
-        python_hint="pretrained=False builds the model with random weights",
+        python_hint=RANDOM_WEIGHTS_ROUTE,
     )
 
 
@@ -250,9 +253,7 @@ def _load_failure(e: Exception, name: str, kwargs: dict[str, Any]) -> Exception 
         return CorruptWeightsError(f"{what}: {e}")
     if isinstance(e, SafetensorError):
         return CorruptWeightsError(f"{what}: {unreadable_safetensors(source_file(cfg.to_dict()) or source, e)}")
-    return PretrainedWeightsUnavailable(
-        explain_hub_error(e, what), python_hint="pretrained=False builds the model with random weights"
-    )
+    return PretrainedWeightsUnavailable(explain_hub_error(e, what), python_hint=RANDOM_WEIGHTS_ROUTE)
 
 
 def _create(name: str, pretrained: bool, **kwargs: Any) -> EfficientNet:
