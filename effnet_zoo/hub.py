@@ -126,11 +126,16 @@ def cached_hub_file(repo_id: str, filenames: tuple[str, ...], revision: str | No
     return None
 
 
-UNREACHABLE_ROUTES = (
-    "connect once (files are cached afterwards), point HF_HUB_CACHE at a cache that holds it (HF_HUB_OFFLINE=1 "
-    "then skips the network), or convert weights you have with `effnet-zoo convert ... --out DIR` and load "
-    "local-dir:DIR (docs/converting.md)"
-)
+def unreachable_message(what: str, reason: str) -> str:
+    """The one sentence for weights the Hub cannot serve because it cannot be reached, with the routes that exist."""
+    from huggingface_hub import constants
+
+    return (
+        f"{what}: not in the local cache, and the Hub at {constants.ENDPOINT} could not be reached ({reason}); "
+        "connect once (files are cached afterwards), point HF_HUB_CACHE at a cache that holds it (HF_HUB_OFFLINE=1 "
+        "then skips the network), or convert weights you have with `effnet-zoo convert ... --out DIR` and load "
+        "local-dir:DIR (docs/converting.md)"
+    )
 
 
 def _jsonable(value: Any) -> Any:

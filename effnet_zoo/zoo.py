@@ -12,13 +12,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import constants
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
-from .hub import UNREACHABLE_ROUTES, cached_hub_file, explain_hub_error, hub_unreachable
+from .hub import cached_hub_file, explain_hub_error, hub_unreachable, unreachable_message
 from .model import EfficientNet, EfficientNetFeatures
 from .scaling import LITE_VARIANTS, VARIANTS, Scaling, scaling_from_phi
 from .weights.common import require_regular_file
@@ -136,12 +135,14 @@ class PretrainedWeightsUnavailable(RuntimeError):
     """The Hub could not supply a checkpoint (offline without a cached copy, missing repo or file).
 
     ``python_hint`` is a route only Python callers have (``pretrained=False``): part of the message in Python,
-    left out by the command line, which has no such option.
+    left out by the command line, which has no such option. ``unreachable`` says why the Hub could not be reached,
+    when that was the cause.
     """
 
-    def __init__(self, message: str, python_hint: str | None = None) -> None:
+    def __init__(self, message: str, python_hint: str | None = None, unreachable: str | None = None) -> None:
         super().__init__(f"{message}. {python_hint}" if python_hint else message)
         self.cli_message = message
+        self.unreachable = unreachable
 
 
 # The arguments timm's tf_efficientnet_bN takes beyond ours: under our name where the meaning is the same, else
@@ -230,9 +231,9 @@ def _route_around_an_unreachable_hub(name: str, kwargs: dict[str, Any]) -> None:
         kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": cached}
         return
     raise PretrainedWeightsUnavailable(
-        f"the pretrained weights of {name}.{cfg.tag} from {repo!r}: not in the local cache, and the Hub at "
-        f"{constants.ENDPOINT} could not be reached ({reason}); {UNREACHABLE_ROUTES}",
+        unreachable_message(f"the pretrained weights of {name}.{cfg.tag} from {repo!r}", reason),
         python_hint=RANDOM_WEIGHTS_ROUTE,
+        unreachable=reason,
     )
 
 

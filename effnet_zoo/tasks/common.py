@@ -14,7 +14,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineMo
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from ..hub import UNREACHABLE_ROUTES, cached_hub_file, check_model_config, explain_hub_error, hub_unreachable
+from ..hub import cached_hub_file, check_model_config, explain_hub_error, hub_unreachable, unreachable_message
 from ..zoo import PretrainedWeightsUnavailable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -31,12 +31,7 @@ def reachable_name(name: str) -> str:
     config = cached_hub_file(repo, ("config.json",), revision or None)
     if config is not None and cached_hub_file(repo, ("model.safetensors", "pytorch_model.bin"), revision or None):
         return f"local-dir:{Path(config).parent}"
-    from huggingface_hub import constants
-
-    raise PretrainedWeightsUnavailable(
-        f"could not load {name!r}: not in the local cache, and the Hub at {constants.ENDPOINT} could not be reached "
-        f"({reason}); {UNREACHABLE_ROUTES}"
-    )
+    raise PretrainedWeightsUnavailable(unreachable_message(f"could not load {name!r}", reason), unreachable=reason)
 
 
 def load_pretrained(name: str, **kwargs) -> nn.Module:

