@@ -252,7 +252,7 @@ def test_a_small_folder_trains_with_a_smaller_batch_and_says_so(lite0_dir, data,
     empty --out was left. A validation class without images is worth a warning, not a refusal."""
     layout = _layout(tmp_path / "d", data, {"a": 6, "b": 6}, {"a": 2})
     out = tmp_path / "run"
-    args = [a for a in finetune_args(lite0_dir, layout, out, 1)]
+    args = finetune_args(lite0_dir, layout, out, 1)
     args[args.index("--batch-size") + 1] = "32"
     result = run(args)
     assert result.returncode == 0, result.stderr[-3000:]
