@@ -9,6 +9,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from .layers import ConvBnAct, Padding, SqueezeExcite
+from .shortcuts import shortcut_allowed
 
 
 class MBConv(nn.Module):
@@ -55,8 +56,16 @@ class MBConv(nn.Module):
             x = self.expand(x)
         x = self.dw(x)
         if self.se is not None:
-            x = self.se(x)
+            x = self.se(x, self._gate_inplace(x))
         x = self.project(x)
         if self.has_shortcut:
             x = self.drop_path(x) + shortcut
         return x
+
+    def _gate_inplace(self, x: torch.Tensor) -> bool:
+        """May SE gate the depthwise output in place? Not under autograd (backward needs it), and not when
+        anything could hold it: hooks on the depthwise conv's BN, activation or module, or on SE itself."""
+        if not torch.jit.is_scripting():
+            if not torch.is_grad_enabled():
+                return shortcut_allowed(x, self.se, self.dw, self.dw.bn, self.dw.act)
+        return False

@@ -25,6 +25,7 @@ from .scaling import (
     round_channels,
     scale_stages,
 )
+from .shortcuts import layout_change_allowed, values_readable
 
 ActLayer = str | Callable[[], nn.Module]
 
@@ -49,9 +50,9 @@ def checked_input(
     if not torch.jit.is_scripting():  # a scripted FX graph calls this function too: it keeps the layout step
         if not torch.jit.is_tracing():  # a traced graph cannot branch on sizes or values
             _check_input(x, in_chans, min_size, weight)
-            if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+            if values_readable(x):  # not under torch.func, AOT autograd, make_fx, fake tensors, compile, export
                 _check_values(x)
-    if cpu_channels_last and x.device.type == "cpu":
+    if cpu_channels_last and x.device.type == "cpu" and layout_change_allowed(x):
         # oneDNN's kernels (depthwise above all) are much faster on NHWC activations; values are unchanged
         x = x.contiguous(memory_format=torch.channels_last)
     return x
