@@ -64,6 +64,33 @@ def from_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+_OURS_BLOCK_KEY = re.compile(r"^(blocks\.\d+\.\d+)\.(.+)\.(\w+)$")
+
+
+def to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our keys -> timm's EfficientNet keys (the inverse of :func:`from_timm`, in the same order); tensors shared."""
+    expanding = {m.group(1) for k in state_dict if (m := _OURS_BLOCK_KEY.match(k)) and m.group(2) == "expand.conv"}
+    tables = {ours: {v: k for k, v in table.items()} for ours, table in ((True, _EXPANDING), (False, _DEPTHWISE))}
+    top = {v: k for k, v in _TOP.items()}
+    out = {}
+    for key, value in state_dict.items():
+        if m := _OURS_BLOCK_KEY.match(key):
+            block, module, param = m.groups()
+            table = tables[block in expanding]
+            if module not in table:
+                raise KeyError(f"unexpected key {key!r} in an effnet_zoo state dict")
+            out[f"{block}.{table[module]}.{param}"] = value
+            continue
+        module, _, param = key.rpartition(".")
+        if module == "classifier":
+            out[key] = value
+        elif module in top:
+            out[f"{top[module]}.{param}"] = value
+        else:
+            raise KeyError(f"unexpected key {key!r} in an effnet_zoo state dict")
+    return out
+
+
 def weights_source(pretrained_cfg: dict) -> tuple[str, str | None]:
     """Where timm's ``pretrained=True`` reads the weights, in timm's order of precedence:
     ``("local-dir" | "file" | "hf-hub" | "url", location)``."""

@@ -1,0 +1,277 @@
+"""A plain ``nn.Module`` to every tool: what hooks, pruning, parametrizations, FLOP counters, attribution and
+``torch.func`` see of our model, each checked beside timm's ``tf_efficientnet_b0`` (the control) holding the same
+weights. The eval shortcuts (folded BatchNorm, in-place SE gate) must step aside wherever a tool could tell.
+"""
+
+import copy
+
+import pytest
+import timm
+import torch
+from conftest import assert_rel_close, timm_reference
+from torch import nn
+from torch.nn.utils import parametrize, prune
+
+from effnet_zoo.weights.timm_format import from_timm, to_timm
+
+SIZE = 96  # small inputs keep the suite fast; every code path is the same as at 224
+
+
+def _pair(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, nn.Module]:
+    """(ours, control) in eval mode with the same random weights and non-trivial BatchNorm statistics."""
+    control = timm_reference("tf_efficientnet_b0").to(dtype)
+    ours = timm.create_model("effnet_v1_b0").eval().to(dtype)
+    ours.load_state_dict(from_timm(control.state_dict()))
+    return ours, control
+
+
+def _names(ours: nn.Module) -> dict[str, str]:
+    """Our module name -> the control's, for every conv / BN / linear (from the parameter key mapping)."""
+    keys = list(ours.state_dict())
+    return {o.rpartition(".")[0]: t.rpartition(".")[0] for o, t in zip(keys, to_timm(ours.state_dict()), strict=True)}
+
+
+def _image(batch: int = 2, size: int = SIZE, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch * size)).to(dtype)
+
+
+def _conv_bn(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_forward_hooks_on_every_conv_and_bn_fire_in_eval(grad):
+    for model in _pair():
+        fired, pre = [], []
+        for name, module in _conv_bn(model):
+            module.register_forward_hook(lambda m, i, o, name=name, fired=fired: fired.append(name))
+            module.register_forward_pre_hook(lambda m, i, name=name, pre=pre: pre.append(name))
+        with torch.set_grad_enabled(grad):
+            model(_image())
+        everything = [n for n, _ in _conv_bn(model)]
+        assert sorted(fired) == sorted(everything) and sorted(pre) == sorted(everything), type(model).__name__
+        assert len(everything) == 130  # B0: 81 convs + 49 BNs (the control's count, too)
+
+
+def test_global_module_hooks_see_every_layer():
+    for model in _pair():
+        seen = []
+        handle = nn.modules.module.register_module_forward_hook(lambda m, i, o, seen=seen: seen.append(m))
+        try:
+            with torch.no_grad():
+                model(_image())
+        finally:
+            handle.remove()
+        assert sum(isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) for m in seen) == 130
+
+
+def test_a_hook_that_edits_an_output_takes_effect_and_matches_the_control():
+    ours, control = _pair()
+    names = _names(ours)
+    x = _image()
+    with torch.no_grad():
+        plain = ours(x)
+    # halve one depthwise conv's output and one BN's output: both change the logits, as they do for the control
+    for target in ("blocks.3.1.dw.conv", "blocks.5.0.project.bn", "head.conv"):
+        outs = []
+        for model, name in ((ours, target), (control, names[target])):
+            handle = model.get_submodule(name).register_forward_hook(lambda m, i, o: o * 0.5)
+            with torch.no_grad():
+                outs.append(model(x))
+            handle.remove()
+        assert (outs[0] - plain).abs().max() > 1e-3, f"a hook on {target} was ignored"
+        assert_rel_close(outs[0], outs[1])
+
+
+def test_a_captured_activation_is_not_overwritten_by_the_in_place_gate():
+    """Grad-CAM and probes keep the depthwise output a hook saw; the SE gate must not modify it afterwards."""
+    ours, control = _pair()
+    names = _names(ours)
+    x = _image()
+    captured = {}
+    for model, name in ((ours, "blocks.2.0.dw.bn"), (control, names["blocks.2.0.dw.bn"])):
+        model.get_submodule(name).register_forward_hook(lambda m, i, o, k=model: captured.__setitem__(k, o))
+        with torch.no_grad():
+            model(x)
+    # the control's BN output is then activated in place by its act layer; ours must hold exactly that, ungated
+    control_act = captured[control]
+    assert_rel_close(captured[ours], control_act)
+
+
+def _prune_all(model: nn.Module, amount: float = 0.3) -> list[tuple[nn.Module, str]]:
+    params = [(m, "weight") for _, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
+    return params
+
+
+def test_pruning_a_training_step_then_eval_equals_the_permanent_pruning():
+    for model in _pair(torch.float64):
+        params = _prune_all(model)
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        model(_image(4, dtype=torch.float64)).logsumexp(1).mean().backward()
+        opt.step()
+        model.eval()
+        x = _image(dtype=torch.float64)
+        with torch.no_grad():
+            masked = model(x)
+        for module, name in params:
+            prune.remove(module, name)
+        with torch.no_grad():
+            permanent = model(x)
+        assert (masked - permanent).abs().max().item() < 1e-9, type(model).__name__
+
+
+def test_a_weight_parametrization_takes_effect_in_eval():
+    class Halve(nn.Module):
+        def forward(self, w):
+            return w * 0.5
+
+    ours, control = _pair()
+    names = _names(ours)
+    x = _image()
+    with torch.no_grad():
+        before = ours(x)
+    outs = []
+    for model, name in ((ours, "blocks.4.2.expand.conv"), (control, names["blocks.4.2.expand.conv"])):
+        parametrize.register_parametrization(model.get_submodule(name), "weight", Halve())
+        with torch.no_grad():
+            outs.append(model(x))
+    assert (outs[0] - before).abs().max() > 1e-3
+    assert_rel_close(outs[0], outs[1])
+
+
+def test_weight_norm_and_a_patched_forward_are_followed():
+    """torch's weight_norm (a parametrization) and accelerate-style hooks (an instance-level ``forward``)."""
+    ours, control = _pair()
+    names = _names(ours)
+    x = _image()
+    with torch.no_grad():
+        before = ours(x)
+    outs = []
+    for model, rename in ((ours, str), (control, names.get)):
+        conv = model.get_submodule(rename("blocks.1.0.project.conv"))
+        nn.utils.parametrizations.weight_norm(conv)
+        with torch.no_grad():
+            conv.parametrizations.weight.original0.mul_(2)  # the norm g doubles: so does the weight
+        dw = model.get_submodule(rename("blocks.2.1.dw.conv"))
+        original = dw.forward
+        dw.forward = lambda t, original=original: original(t) + 1.0
+        with torch.no_grad():
+            outs.append(model(x))
+    assert (outs[0] - before).abs().max() > 1e-3
+    assert_rel_close(outs[0], outs[1])
+
+
+def test_flop_counters_that_use_hooks_count_what_the_control_counts():
+    import thop  # test extras
+    import torchinfo
+    from timm.layers import BatchNormAct2d
+
+    counts = []
+    for model in _pair():
+        info = torchinfo.summary(model, input_size=(1, 3, 224, 224), verbose=0)
+        # thop looks layers up by exact type: without this it counts our nn.BatchNorm2d but not the control's
+        # BatchNormAct2d subclass (7% of B0's total), a difference of thop's, not of the computation
+        bn = {BatchNormAct2d: thop.vision.basic_hooks.count_normalization}
+        macs, _ = thop.profile(
+            copy.deepcopy(model), inputs=(torch.randn(1, 3, 224, 224),), custom_ops=bn, verbose=False
+        )
+        counts.append((info.total_mult_adds, macs))
+    (info_ours, thop_ours), (info_control, thop_control) = counts
+    assert info_control > 3e8 and thop_control > 3e8  # B0 is ~0.39 G mult-adds
+    assert abs(info_ours / info_control - 1) < 0.05, (info_ours, info_control)
+    assert abs(thop_ours / thop_control - 1) < 0.05, (thop_ours, thop_control)
+
+
+def test_torch_flop_counter_mode_matches_the_control():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = []
+    for model in _pair():
+        with FlopCounterMode(display=False) as counter:
+            model(_image(1, 224))
+        flops.append(counter.get_total_flops())
+    assert flops[0] == flops[1] > 6e8
+
+
+def test_grad_cam_on_the_head_conv_gives_a_map_like_the_controls():
+    from pytorch_grad_cam import GradCAM  # test extra grad-cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    ours, control = _pair()
+    x = _image(1, 128)
+    maps = []
+    for model, layer in ((ours, ours.head.conv), (control, control.conv_head)):
+        with GradCAM(model=model, target_layers=[layer]) as cam:
+            maps.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(500)]))
+    assert maps[0].shape == (1, 128, 128) and maps[0].mean() > 0.1  # normalised to [0, 1]; empty = all zeros
+    assert abs(maps[0] - maps[1]).max() < 1e-3
+
+
+def test_per_sample_gradients_with_torch_func_equal_single_sample_gradients():
+    from torch.func import functional_call, grad, vmap
+
+    ours, control = _pair(torch.float64)
+    x, y = _image(3, 64, torch.float64), torch.tensor([1, 5, 9])
+    per_model = []
+    for model in (ours, control):
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        buffers = dict(model.named_buffers())
+
+        def loss(p, xi, yi, model=model, buffers=buffers):
+            out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+            return nn.functional.cross_entropy(out, yi.unsqueeze(0))
+
+        batched = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+        for i in range(len(x)):
+            model.zero_grad()
+            nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+            for name, p in model.named_parameters():
+                assert_rel_close(batched[name][i], p.grad, 1e-8)
+        per_model.append(batched)
+    ours_grads, control_grads = per_model
+    for ours_key, control_key in zip(ours_grads, to_timm(ours_grads), strict=True):
+        assert_rel_close(ours_grads[ours_key], control_grads[control_key], 1e-8)
+
+
+def test_aot_autograd_memory_efficient_fusion_matches_eager():
+    """What timm's validate.py / benchmark.py run with ``--aot-autograd``."""
+    from functorch.compile import memory_efficient_fusion
+
+    ours, control = _pair()
+    x = _image()
+    with torch.no_grad():
+        expected = control(x)
+    for model in (ours, control):
+        fused = memory_efficient_fusion(model)
+        assert_rel_close(fused(x).detach(), expected)
+
+
+def test_make_fx_and_fake_tensors_see_the_plain_graph():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    ours, control = _pair()
+    x = _image()
+    graph = make_fx(ours)(x)
+    ops = [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
+    assert sum("batch_norm" in op for op in ops) == 49  # every BN, as the control's graph has
+    with torch.no_grad():
+        assert_rel_close(graph(x), control(x))
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        assert ours(mode.from_tensor(x)).shape == (2, 1000)
+
+
+def test_shortcuts_still_run_when_nothing_watches():
+    """The rule must not disable the fast path itself: without hooks, eval folds BN and gates in place."""
+    ours, _ = _pair()
+    calls = []
+    original = nn.BatchNorm2d.forward
+    nn.BatchNorm2d.forward = lambda self, t: calls.append(1) or original(self, t)
+    try:
+        with torch.no_grad():
+            ours(_image())
+    finally:
+        nn.BatchNorm2d.forward = original
+    assert calls == []  # folded: no BatchNorm module ran
