@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
-from .hub import cached_hub_file, explain_hub_error, hub_unreachable, unreachable_message
+from .hub.access import cached_hub_file, explain_hub_error, hub_unreachable, unreachable_message
 from .model import EfficientNet, EfficientNetFeatures
 from .scaling import LITE_VARIANTS, VARIANTS, Scaling, scaling_from_phi
 from .weights.common import require_regular_file

@@ -10,7 +10,7 @@ import timm
 import torch
 from conftest import add_hub_repo, assert_rel_close, json_bytes, safetensors_bytes, timm_reference
 
-from effnet_zoo.hub import hub_config
+from effnet_zoo.hub.config import hub_config
 from effnet_zoo.zoo import PretrainedWeightsUnavailable
 
 

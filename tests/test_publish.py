@@ -124,7 +124,7 @@ class Unwritable:
 def test_a_write_that_fails_midway_leaves_the_previous_folder_intact(tmp_path, failing, existing):
     """The folder is written beside its destination and renamed into place only once complete, so a failure
     part way (here after the weights are on disk) leaves the old folder byte for byte, or no folder at all."""
-    from effnet_zoo.hub import write_model_folder
+    from effnet_zoo.hub.folders import write_model_folder
 
     out = tmp_path / "model"
     if existing:

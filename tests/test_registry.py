@@ -8,7 +8,7 @@ import timm
 import torch
 from timm.models import get_pretrained_cfg
 
-from effnet_zoo.hub import pretrained_names, render_hub_config
+from effnet_zoo.hub.config import pretrained_names, render_hub_config
 
 HUB_CONFIGS = Path(__file__).resolve().parent.parent / "hub_configs"
 EXPECTED_TAGS = {

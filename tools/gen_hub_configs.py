@@ -6,7 +6,7 @@ tests/test_registry.py fails when the committed files drift from what this write
 from pathlib import Path
 
 import effnet_zoo  # noqa: F401  (registers the models)
-from effnet_zoo.hub import write_hub_configs
+from effnet_zoo.hub.config import write_hub_configs
 
 if __name__ == "__main__":
     out = Path(__file__).resolve().parent.parent / "hub_configs"

@@ -14,7 +14,8 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineMo
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from ..hub import cached_hub_file, check_model_config, explain_hub_error, hub_unreachable, unreachable_message
+from ..hub.access import cached_hub_file, explain_hub_error, hub_unreachable, unreachable_message
+from ..hub.config import check_model_config
 from ..zoo import PretrainedWeightsUnavailable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")

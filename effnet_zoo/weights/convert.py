@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .._io import check_output
-from ..hub import DTYPES, export_config, model_card, write_model_folder
+from ..hub.config import export_config
+from ..hub.folders import DTYPES, model_card, write_model_folder
 from . import keras_h5, lukemelas, seed, tf_ckpt, timm_format, torchvision_format, transformers_format
 from .common import ConversionError, Converted, fits, fits_hint, load_checked, shapes_of
 from .torch_file import CorruptWeightsError

@@ -1,0 +1,176 @@
+"""The ``config.json`` of a model folder: registry configs (``hub_configs/``), the checks a folder's file passes
+before timm builds from it, and the config of any model instance, in our layout or timm's own."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models import get_pretrained_cfg
+from torch import nn
+
+from .._io import atomic_write_text
+from ..model import ARGUMENT_RANGES, argument_problem
+
+PRETRAINED_CFG_KEYS = (
+    "tag", "custom_load", "input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode",
+    "mean", "std", "num_classes", "pool_size", "first_conv", "classifier", "license",
+)  # fmt: skip
+WEIGHTS_NAME, CONFIG_NAME, CARD_NAME = "model.safetensors", "config.json", "README.md"
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+# ---- registry configs (hub_configs/) -------------------------------------------------------------------
+
+
+@functools.cache
+def _arch_head(arch: str) -> tuple[int, int, str]:
+    """(num_classes, num_features, global_pool) of an architecture, built on the meta device."""
+    with torch.device("meta"):
+        model = timm.create_model(arch)
+    return model.num_classes, model.num_features, model.global_pool.pool_type
+
+
+def hub_config(model_name: str) -> dict[str, Any]:
+    """The ``config.json`` for ``arch.tag``, built from timm's registry."""
+    cfg = get_pretrained_cfg(model_name).to_dict()
+    num_classes, num_features, global_pool = _arch_head(model_name.split(".", 1)[0])
+    return {
+        "architecture": cfg["architecture"],
+        "num_classes": num_classes,
+        "num_features": num_features,
+        "global_pool": global_pool,
+        "pretrained_cfg": {k: _jsonable(cfg[k]) for k in PRETRAINED_CFG_KEYS if cfg.get(k) is not None},
+    }
+
+
+def check_model_config(path: Path) -> dict[str, Any]:
+    """A folder's ``config.json``, checked before timm builds from it: one error naming the file and the key.
+
+    timm reads these fields without checking them, so a wrong type surfaced as a raw TypeError / KeyError /
+    AttributeError from deep inside the build.
+    """
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read ({e})") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); save the model again with effnet_zoo") from e
+
+    def bad(key: str, expected: str, value: Any) -> ValueError:
+        return ValueError(f"{path}: {key} should be {expected}, got {json.dumps(value)[:80]}")
+
+    if not isinstance(config, dict):
+        raise bad("the file", "a JSON object", config)
+    arch = config.get("architecture")
+    if not isinstance(arch, str) or arch not in timm.list_models("effnet_*"):
+        raise bad(
+            "'architecture'",
+            f"one of effnet_zoo's models ({', '.join(timm.list_models('effnet_v1_b*')[:3])}, ...)",
+            arch,
+        )
+    for key in ("num_classes", "num_features"):
+        if key in config and (not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 0):
+            raise bad(f"'{key}'", "a whole number >= 0", config[key])
+    for key in ("model_args", "pretrained_cfg"):
+        if key in config and not isinstance(config[key], dict):
+            raise bad(f"'{key}'", "a JSON object", config[key])
+    cfg = config.get("pretrained_cfg", {})
+    size = cfg.get("input_size")
+    if size is not None and not (
+        isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size)
+    ):
+        raise bad("'pretrained_cfg.input_size'", "[channels, height, width] of positive whole numbers", size)
+    model_args = config.get("model_args", {})
+    for key in sorted(ARGUMENT_RANGES.keys() & model_args.keys()):
+        expected = argument_problem(key, model_args[key])
+        if expected:
+            raise bad(f"'model_args.{key}'", expected, model_args[key])
+    # One value per input channel; timm keeps the RGB triple for in_chans != 3 models, and one value broadcasts.
+    lengths = sorted({1, 3, model_args.get("in_chans", 3)})
+    for key in ("mean", "std"):
+        value = cfg.get(key)
+        if value is not None and not (
+            isinstance(value, list)
+            and len(value) in lengths
+            and all(isinstance(v, (int, float)) and math.isfinite(v) and (key == "mean" or v > 0) for v in value)
+        ):
+            what = "numbers" if key == "mean" else "numbers > 0"
+            count = " or ".join(map(str, lengths))
+            raise bad(f"'pretrained_cfg.{key}'", f"a list of {count} {what} (one per input channel)", value)
+    act = model_args.get("act_layer")
+    if act is not None:
+        from timm.layers import get_act_layer
+
+        try:
+            get_act_layer(act)
+        except (ValueError, KeyError, TypeError, AssertionError) as e:
+            raise bad("'model_args.act_layer'", "a timm activation name ('silu', 'relu6', ...)", act) from e
+    return config
+
+
+def pretrained_names() -> list[str]:
+    """Every ``arch.tag`` of ours that has published weights."""
+    return timm.list_pretrained("effnet_*")
+
+
+def render_hub_config(model_name: str) -> str:
+    return json.dumps(hub_config(model_name), indent=2) + "\n"
+
+
+def write_hub_configs(out_dir: str | Path) -> list[Path]:
+    """Write ``out_dir/<arch.tag>/config.json`` for every pretrained tag (atomically, one by one)."""
+    out = Path(out_dir)
+    return [atomic_write_text(out / name / CONFIG_NAME, render_hub_config(name)) for name in pretrained_names()]
+
+
+# ---- any model instance -> Hub folder -----------------------------------------------------------------
+
+
+def model_args_of(model: nn.Module) -> dict[str, Any]:
+    """The arguments that rebuild ``model`` with ``timm.create_model(architecture, **args)``."""
+    args = {k: v for k, v in model.model_args.items() if v is not None}
+    args.update(num_classes=model.num_classes, global_pool=model.global_pool.pool_type)
+    for key, value in args.items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise ValueError(f"model argument {key}={value!r} cannot be written to config.json; use a timm name")
+    return args
+
+
+def export_config(
+    model: nn.Module,
+    label_names: list[str] | None = None,
+    data_config: dict[str, Any] | None = None,
+    keep_tag: bool = True,
+) -> dict[str, Any]:
+    """timm's Hub config for this model: architecture, sizes, ``model_args``, preprocessing, labels."""
+    cfg = model.pretrained_cfg
+    pretrained_cfg = {k: _jsonable(cfg[k]) for k in PRETRAINED_CFG_KEYS if cfg.get(k) is not None}
+    pretrained_cfg.update({k: _jsonable(v) for k, v in (data_config or {}).items()})
+    pretrained_cfg["num_classes"] = model.num_classes
+    pretrained_cfg["input_size"] = [model.in_chans, *pretrained_cfg["input_size"][1:]]
+    if not keep_tag:
+        pretrained_cfg.pop("tag", None)
+    config = {
+        "architecture": cfg["architecture"],
+        "num_classes": model.num_classes,
+        "num_features": model.num_features,
+        "global_pool": model.global_pool.pool_type,
+        "model_args": model_args_of(model),
+        "pretrained_cfg": pretrained_cfg,
+    }
+    if label_names is None and model.num_classes == 1000:
+        label_names = timm.data.ImageNetInfo().label_names()  # ImageNet-1k synsets, in the originals' order
+    if label_names is not None:
+        if len(label_names) != model.num_classes:
+            raise ValueError(f"{len(label_names)} label names for a {model.num_classes}-class model")
+        config["label_names"] = list(label_names)
+    return config

@@ -1,0 +1,241 @@
+"""Model folders: writing one (weights, config.json, model card) atomically, and publishing one to the Hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .._io import remove, user_mode
+from ..weights.torch_file import DIGEST_KEY, tensors_digest
+from .access import explain_hub_error
+from .config import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, export_config
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class HubPublishError(RuntimeError):
+    """Publishing failed (no token, no network, no permission); the local folder is untouched."""
+
+
+def model_card(config: dict[str, Any], title: str, origin: str) -> str:
+    """A Hub model card: what the model is, where its weights come from, how to preprocess and load it."""
+    cfg = config["pretrained_cfg"]
+    with torch.device("meta"):
+        params = sum(p.numel() for p in timm.create_model(config["architecture"], **config["model_args"]).parameters())
+    labels = config.get("label_names")
+    label_line = (
+        f"Labels: {', '.join(map(str, labels[:10]))}{' ...' if len(labels) > 10 else ''}.\n\n" if labels else ""
+    )
+    return f"""---
+tags:
+- image-classification
+- timm
+- effnet_zoo
+library_name: timm
+license: {cfg.get("license", "apache-2.0")}
+---
+# {title}
+
+EfficientNet `{config["architecture"]}` ({params:,} parameters, {config["num_classes"]} classes).
+
+{origin}
+
+Model arguments: `{json.dumps(config["model_args"])}`.
+
+{label_line}Preprocessing: input {cfg["input_size"][1]}x{cfg["input_size"][2]}, center crop {cfg["crop_pct"]},
+{cfg["interpolation"]} resize, mean {tuple(cfg["mean"])}, std {tuple(cfg["std"])}.
+
+```python
+import timm
+import effnet_zoo  # registers the effnet_* architectures with timm
+
+model = timm.create_model("hf-hub:ORG/NAME", pretrained=True).eval()  # or "local-dir:PATH"
+transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))
+```
+"""
+
+
+OWN = {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME}  # what a model folder of ours holds
+
+
+def write_model_folder(
+    out: str | Path, model: nn.Module, config: dict[str, Any], card: str, dtype: str = "fp32", force: bool = False
+) -> Path:
+    """Write model.safetensors + config.json + README.md into a temporary folder, then rename it into place."""
+    out = Path(out)
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    if (
+        out.is_dir()
+        and not out.is_symlink()
+        and (foreign := sorted(p.name for p in out.iterdir() if p.name not in OWN))
+    ):
+        raise FileExistsError(
+            f"{out} holds files effnet-zoo did not write ({', '.join(foreign[:5])}); --force replaces only a model "
+            f"folder ({', '.join(sorted(OWN))}): choose another location"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp.chmod(user_mode(directory=True))
+    try:
+        tensors = {
+            k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).detach().cpu().contiguous()
+            for k, v in model.state_dict().items()
+        }
+        metadata = {"format": "pt", DIGEST_KEY: tensors_digest(tensors)}
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / CARD_NAME).write_text(card)
+        for file in tmp.iterdir():  # whatever each writer chose (safetensors': 0600)
+            file.chmod(user_mode())
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            old.rmdir()
+            out.rename(old)
+            tmp.rename(out)
+            remove(old)  # the previous folder, or a file / link that stood there
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def save_pretrained(
+    model: nn.Module,
+    out: str | Path,
+    label_names: list[str] | None = None,
+    training: str | None = None,
+    dtype: str = "fp32",
+    force: bool = False,
+) -> Path:
+    """Save a (fine-tuned) model as a folder that ``local-dir:`` / ``hf-hub:`` rebuilds exactly.
+
+    ``training`` is a sentence for the model card on how it was fine-tuned; the base weights it started
+    from are read from ``model.pretrained_cfg``.
+    """
+    config = export_config(model, label_names)
+    cfg = model.pretrained_cfg
+    base = cfg.get("hf_hub_id") or cfg.get("file") or "randomly initialised weights"
+    tag = f" (`{cfg['architecture']}.{cfg['tag']}`)" if cfg.get("tag") else ""
+    origin = f"Base weights: `{base}`{tag}." + (f"\n\nFine-tuning: {training}" if training else "")
+    return write_model_folder(out, model, config, model_card(config, f"{cfg['architecture']} fine-tuned", origin),
+                              dtype, force)  # fmt: skip
+
+
+# ---- publishing ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PushPlan:
+    repo_id: str
+    revision: str | None
+    private: bool
+    files: list[tuple[str, int]]  # (path in repo, bytes)
+    url: str | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path in the folder, why it is not uploaded)
+
+
+def upload_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """What a push of ``folder`` uploads: its regular files, and (path, reason) for everything left out.
+
+    Links are never followed (one to a file outside the folder would publish that file), and hidden paths
+    (``.git``, ``.cache``, a ``.secrets/`` folder, dot-files) stay private. The weights and config themselves
+    must be regular files.
+    """
+    files, skipped = [], []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        here = Path(root)
+        for d in sorted(dirs):
+            rel = (here / d).relative_to(folder).as_posix()
+            if d.startswith("."):
+                skipped.append((rel + "/", "hidden"))
+            elif (here / d).is_symlink():
+                skipped.append((rel + "/", "a symbolic link"))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (here / d).is_symlink())
+        for name in sorted(names):
+            path = here / name
+            rel = path.relative_to(folder).as_posix()
+            mode = path.lstat().st_mode
+            if name.startswith("."):
+                skipped.append((rel, "hidden"))
+            elif stat.S_ISLNK(mode):
+                skipped.append((rel, "a symbolic link"))
+            elif not stat.S_ISREG(mode):
+                skipped.append((rel, "not a regular file"))
+            else:
+                files.append(path)
+    required = {WEIGHTS_NAME, CONFIG_NAME} - {p.relative_to(folder).as_posix() for p in files}
+    if required:
+        raise FileNotFoundError(
+            f"{folder} has no regular file {' or '.join(sorted(required))} (a link or special file is not "
+            "uploaded): save the model with effnet_zoo first"
+        )
+    return sorted(files), skipped
+
+
+def push_to_hub(
+    model_or_folder: nn.Module | str | Path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str = "Upload EfficientNet (effnet_zoo)",
+    token: str | None = None,
+    dry_run: bool = False,
+    label_names: list[str] | None = None,
+    training: str | None = None,
+) -> PushPlan:
+    """Publish a model (saved first, to a temporary folder) or a saved folder to ``repo_id``.
+
+    ``dry_run`` needs no token or network: it returns the exact files the commit would upload.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f"--repo-id {repo_id!r} is not a Hub repository id ({e}); expected 'org/name'") from e
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(model_or_folder, nn.Module):
+            folder = save_pretrained(model_or_folder, Path(tmp) / "model", label_names, training)
+        else:
+            folder = Path(model_or_folder)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{folder} is not a folder: push a folder saved with effnet_zoo")
+        files, skipped = upload_files(folder)
+        plan = PushPlan(
+            repo_id, revision, private, [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in files],
+            skipped=skipped,
+        )  # fmt: skip
+        if dry_run:
+            return plan
+        operations = [
+            CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)) for p in files
+        ]
+        api = HfApi(token=token, library_name="effnet_zoo")
+        try:
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            if revision:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            info = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)
+        except Exception as e:  # huggingface_hub raises many types (auth, offline, HTTP, network)
+            what = f"could not publish to {repo_id!r}"
+            raise HubPublishError(f"{explain_hub_error(e, what)}. Nothing local was changed") from e
+        plan.url = info.commit_url
+        return plan
