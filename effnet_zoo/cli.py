@@ -90,21 +90,27 @@ def _convert(args: argparse.Namespace) -> int:
         model_args["padding"] = args.padding
     if args.bn_eps is not None:
         model_args["bn_eps"] = args.bn_eps
-    result = convert(args.src, args.fmt, args.model, args.out, args.dtype, model_args, args.force, args.verify)
+    result = convert(
+        args.src, args.fmt, args.model, args.out, args.dtype, model_args, args.force, args.verify, args.layout
+    )
     params = sum(p.numel() for p in result.model.parameters())
     print(f"converted {result.converted.source}")
     print(f"  -> {result.out}/ ({', '.join(result.files)}): {result.config['architecture']}, {params:,} parameters, "
           f"{result.config['num_classes']} classes, model_args {json.dumps(result.config['model_args'])}")  # fmt: skip
     if args.verify:
         print(f"  {result.verify_note}")
-    print(f'  load it with: timm.create_model("local-dir:{result.out}", pretrained=True) after import effnet_zoo')
+    after = " after import effnet_zoo" if args.layout == "effnet_zoo" else " (stock timm: no effnet_zoo needed)"
+    print(f'  load it with: timm.create_model("local-dir:{result.out}", pretrained=True){after}')
     return 0
 
 
 def _push(args: argparse.Namespace) -> int:
     from .hub import push_to_hub
 
-    plan = push_to_hub(args.folder, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run)
+    plan = push_to_hub(
+        args.folder, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run,
+        layout=args.layout,
+    )  # fmt: skip
     where = f"{plan.repo_id}" + (f"@{plan.revision}" if plan.revision else "") + (" (private)" if plan.private else "")
     print(("would upload to " if args.dry_run else "uploaded to ") + where + ":")
     for path, size in plan.files:
@@ -208,6 +214,12 @@ class _DefaultsShown(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 
 
+LAYOUT_HELP = (
+    "effnet_zoo: loads after `import effnet_zoo`; timm: timm's own tf_efficientnet_* layout, which stock timm (and "
+    "transformers) load without effnet_zoo (published variants only)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -222,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_summary)
 
+    from .hub.config import LAYOUTS
     from .weights.convert import DTYPES, FORMATS
 
     p = sub.add_parser("convert", help="convert EfficientNet weights of another format to a Hub-ready folder")
@@ -238,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-eps", type=POSITIVE, help="override the BatchNorm eps the source implies")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra model argument, e.g. width_mult=0.5 (repeatable)")  # fmt: skip
+    p.add_argument("--layout", choices=LAYOUTS, default="effnet_zoo", help=LAYOUT_HELP)
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("push", help="publish a saved / converted model folder to the Hugging Face Hub")
@@ -246,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--revision", help="branch to commit to (created if missing)")
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded; needs no token or network")
+    p.add_argument("--layout", choices=["timm"], help="publish an effnet_zoo folder converted to timm's own layout "
+                   "(tf_efficientnet_* names), which stock timm loads; the folder itself is not changed")  # fmt: skip
     p.set_defaults(func=_push)
 
     model_help = "a pretrained tag (effnet_v1_b0.aa_in1k), local-dir:DIR, a folder, or hf-hub:ORG/NAME"
@@ -304,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--force", action="store_true", help="start over in an --out that holds a run")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--layout", choices=LAYOUTS, default="effnet_zoo", help="of the saved model/: " + LAYOUT_HELP)
     p.set_defaults(func=_finetune)
 
     from .tasks.export import FORMATS

@@ -367,7 +367,7 @@ def effnet_v1_phi(pretrained: bool = False, phi: float = 1.0, **kwargs: Any) -> 
 
     Depth 1.2^phi, width 1.1^phi, resolution 224 * 1.15^phi. No weights exist for these.
     """
-    if pretrained:
+    if pretrained and not kwargs.get("pretrained_cfg"):  # a saved folder (local-dir: / hf-hub:) names its weights
         raise ValueError(
             "effnet_v1_phi has no pretrained weights; use pretrained=False, or a published variant such as "
             "effnet_v1_b2 / effnet_v1_b3"
@@ -375,5 +375,7 @@ def effnet_v1_phi(pretrained: bool = False, phi: float = 1.0, **kwargs: Any) -> 
     scaling = scaling_from_phi(phi)
     res = scaling.resolution
     overlay = dict(input_size=(3, res, res), pool_size=(math.ceil(res / 32),) * 2, crop_pct=crop_pct_for(res))
+    if kwargs.get("pretrained_cfg"):  # a saved folder's config says how it was evaluated (phi is not saved)
+        overlay = {}
     overlay.update(kwargs.pop("pretrained_cfg_overlay", None) or {})
-    return _build("effnet_v1_phi", False, scaling, pretrained_cfg_overlay=overlay, **kwargs)
+    return _build("effnet_v1_phi", pretrained, scaling, pretrained_cfg_overlay=overlay, **kwargs)

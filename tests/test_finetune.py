@@ -259,3 +259,38 @@ def test_a_small_folder_trains_with_a_smaller_batch_and_says_so(lite0_dir, data,
     assert "effnet-zoo: warning: --batch-size 32 is more than the 12 training images allow: using 12" in result.stderr
     assert "has no images of: b; accuracy is measured on the other classes only" in result.stderr
     assert [m["epoch"] for m in metrics(out)] == [1]
+
+
+def test_the_finetuned_folder_loads_in_transformers_with_its_class_names(uninterrupted):
+    from transformers import AutoModelForImageClassification
+
+    folder = uninterrupted / "model"
+    hf = AutoModelForImageClassification.from_pretrained(folder).eval()
+    assert hf.config.id2label == {0: "horizontal", 1: "vertical"}
+    ours = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (hf(x).logits - ours(x)).abs().max() < 1e-4
+
+
+def test_finetune_saves_timm_layout_on_request_and_refuses_what_timm_cannot_build(lite0_dir, data, tmp_path):
+    out = tmp_path / "run"
+    done = cli(*finetune_args(lite0_dir, data, out, 1, "--layout", "timm"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["architecture"] == "tf_efficientnet_lite0" and config["label_names"] == ["horizontal", "vertical"]
+    trained = timm.create_model("effnet_lite0", num_classes=2).eval()
+    trained.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=True)["model"])
+    stock = timm.create_model(f"local-dir:{out / 'model'}", pretrained=True).eval()  # timm's own class
+    assert type(stock).__module__.startswith("timm.")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (stock(x) - trained(x)).abs().max() < 1e-4
+    # a variant timm cannot build: refused before the first epoch, in one line, with nothing written
+    import effnet_zoo
+
+    phi = effnet_zoo.save_pretrained(timm.create_model("effnet_v1_phi", phi=0.5, num_classes=2), tmp_path / "phi")
+    refused = cli(*finetune_args(phi, data, tmp_path / "phi_run", 1, "--layout", "timm"))
+    assert refused.returncode == 2 and "has no timm architecture" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "phi_run" / "metrics.jsonl").exists()

@@ -71,10 +71,12 @@ def check_model_config(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise bad("the file", "a JSON object", config)
     arch = config.get("architecture")
-    if not isinstance(arch, str) or arch not in timm.list_models("effnet_*"):
+    # ours, or timm's own tf_efficientnet_* (the timm layout save_pretrained / convert / finetune can write)
+    if not isinstance(arch, str) or arch not in timm.list_models(["effnet_*", "tf_efficientnet_*"]):
         raise bad(
             "'architecture'",
-            f"one of effnet_zoo's models ({', '.join(timm.list_models('effnet_v1_b*')[:3])}, ...)",
+            f"one of effnet_zoo's models ({', '.join(timm.list_models('effnet_v1_b*')[:3])}, ...) or timm's "
+            "tf_efficientnet_*",
             arch,
         )
     for key in ("num_classes", "num_features"):
@@ -136,13 +138,40 @@ def write_hub_configs(out_dir: str | Path) -> list[Path]:
 
 
 def model_args_of(model: nn.Module) -> dict[str, Any]:
-    """The arguments that rebuild ``model`` with ``timm.create_model(architecture, **args)``."""
+    """The arguments that rebuild ``model`` with ``timm.create_model(architecture, **args)``.
+
+    ``num_classes`` is not among them: timm reads it from the config's top level, and transformers passes it
+    itself (``model_args`` holding it too made every folder fail there with "multiple values for num_classes").
+    """
     args = {k: v for k, v in model.model_args.items() if v is not None}
-    args.update(num_classes=model.num_classes, global_pool=model.global_pool.pool_type)
+    if model.global_pool.pool_type != "avg":  # timm does not read the top-level global_pool back
+        args["global_pool"] = model.global_pool.pool_type
     for key, value in args.items():
         if not isinstance(value, (str, int, float, bool)):
             raise ValueError(f"model argument {key}={value!r} cannot be written to config.json; use a timm name")
     return args
+
+
+@functools.cache
+def _imagenet_1k() -> tuple[str, ...]:
+    return tuple(timm.data.ImageNetInfo().label_names())  # synsets, in the originals' order
+
+
+def label_names_of(model: nn.Module, label_names: list[str] | None) -> list[str] | None:
+    """The class names a folder records: given, else the model's own (a folder it was loaded from).
+
+    None for ImageNet-1k: timm and transformers then recognise the 1000 classes and show their names ("tabby,
+    tabby cat"); recorded synsets would be shown as they are ("n02123045").
+    """
+    if label_names is None:
+        label_names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+        if label_names is not None and len(label_names) != model.num_classes:
+            label_names = None  # the classifier was replaced since: the old names no longer apply
+    if label_names is not None and len(label_names) != model.num_classes:
+        raise ValueError(f"{len(label_names)} label names for a {model.num_classes}-class model")
+    if label_names is not None and tuple(label_names) == _imagenet_1k():
+        return None
+    return None if label_names is None else list(label_names)
 
 
 def export_config(
@@ -167,10 +196,101 @@ def export_config(
         "model_args": model_args_of(model),
         "pretrained_cfg": pretrained_cfg,
     }
-    if label_names is None and model.num_classes == 1000:
-        label_names = timm.data.ImageNetInfo().label_names()  # ImageNet-1k synsets, in the originals' order
-    if label_names is not None:
-        if len(label_names) != model.num_classes:
-            raise ValueError(f"{len(label_names)} label names for a {model.num_classes}-class model")
-        config["label_names"] = list(label_names)
+    if (names := label_names_of(model, label_names)) is not None:
+        config["label_names"] = names
     return config
+
+
+# ---- timm's own layout, for users without effnet_zoo -----------------------------------------------------
+
+LAYOUTS = ("effnet_zoo", "timm")
+
+
+def timm_architecture(architecture: str) -> str:
+    """timm's ``tf_efficientnet_*`` for one of our published variants; ValueError naming why not."""
+    from ..scaling import LITE_VARIANTS, VARIANTS
+
+    variant = architecture.rsplit("_", 1)[-1]
+    if (architecture.startswith("effnet_v1_") and variant in VARIANTS) or (
+        architecture.startswith("effnet_lite") and variant in LITE_VARIANTS
+    ):
+        return f"tf_efficientnet_{variant}"
+    raise ValueError(
+        f"{architecture} has no timm architecture: timm builds only the published variants (effnet_v1_b0-b8, l2 "
+        "and effnet_lite0-4 as tf_efficientnet_*), not a custom compound coefficient; save it in the effnet_zoo "
+        "layout, which loads after `import effnet_zoo`"
+    )
+
+
+def _timm_model_args(architecture: str, model_args: dict[str, Any]) -> dict[str, Any]:
+    """Our ``model_args`` as ``tf_efficientnet_*`` arguments; ValueError for one timm cannot build."""
+    from ..scaling import LITE_VARIANTS, VARIANTS
+    from ..zoo import LITE_ARGS
+
+    variant = architecture.rsplit("_", 1)[-1]
+    lite = architecture.startswith("effnet_lite")
+    scaling = (LITE_VARIANTS if lite else VARIANTS)[variant]
+    # what timm's tf_efficientnet_* hard-codes: anything else has no timm argument
+    fixed = {"width_mult": scaling.width_mult, "depth_mult": scaling.depth_mult, "se_ratio": None,
+             "fix_stem_head": False, "fix_first_last": False, **(LITE_ARGS if lite else {})}  # fmt: skip
+    fixed.pop("act_layer", None)
+    for key, expected in fixed.items():
+        if model_args.get(key, expected) != expected:
+            raise ValueError(
+                f"{architecture} with {key}={model_args[key]!r} has no timm equivalent (timm's "
+                f"{timm_architecture(architecture)} builds {key}={expected!r}); save it in the effnet_zoo layout, "
+                "which loads after `import effnet_zoo`"
+            )
+    args: dict[str, Any] = {"bn_momentum": model_args.get("bn_momentum", 0.01)}  # timm's default is torch's 0.1
+    if model_args.get("padding", "same") != "same":
+        args["pad_type"] = ""  # symmetric
+    if model_args.get("bn_eps", 1e-3) != 1e-3:
+        args["bn_eps"] = model_args["bn_eps"]
+    act = model_args.get("act_layer", "relu6" if lite else "silu")
+    if act != ("relu6" if lite else "silu"):
+        args["act_layer"] = act
+    defaults = dict(in_chans=3, drop_rate=0.0, drop_path_rate=0.0, output_stride=32, global_pool="avg")
+    for key, default in defaults.items():
+        if model_args.get(key, default) != default:
+            args[key] = model_args[key]
+    return args
+
+
+def timm_native(model: nn.Module, config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``model`` and its config in timm's own layout (``tf_efficientnet_*`` architecture and key names): a folder
+    that stock timm, and transformers with stock timm, load without effnet_zoo. ValueError if timm cannot build it.
+    """
+    from ..weights.timm_format import to_timm
+
+    arch = timm_architecture(config["architecture"])
+    args = _timm_model_args(config["architecture"], config["model_args"])
+    state = to_timm(model.state_dict())
+    with torch.device("meta"):
+        reference = timm.create_model(arch, num_classes=config["num_classes"], **args)
+    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    if expected != {k: tuple(v.shape) for k, v in state.items()}:  # a guard: the rules above should make them equal
+        raise ValueError(f"timm's {arch} with {args} does not have this model's parameters; save it in the effnet_zoo "
+                         "layout, which loads after `import effnet_zoo`")  # fmt: skip
+    pretrained_cfg = {**config["pretrained_cfg"], "first_conv": "conv_stem", "classifier": "classifier"}
+    native = {**config, "architecture": arch, "model_args": args, "pretrained_cfg": pretrained_cfg}
+    native["num_features"] = reference.num_features
+    return state, native
+
+
+def check_layout(model: nn.Module, layout: str) -> None:
+    """Refuse, before any work is done, a layout this model cannot be saved in (ValueError saying why)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if layout == "timm":
+        architecture = model.pretrained_cfg["architecture"]
+        timm_architecture(architecture)
+        _timm_model_args(architecture, model_args_of(model))
+
+
+def in_layout(model: nn.Module, config: dict[str, Any], layout: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(weights, config) of a model folder in ``layout``: ``effnet_zoo`` (ours) or ``timm`` (timm's own)."""
+    if layout == "effnet_zoo":
+        return model.state_dict(), config
+    if layout == "timm":
+        return timm_native(model, config)
+    raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")

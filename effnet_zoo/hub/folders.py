@@ -19,7 +19,7 @@ from torch import nn
 from .._io import remove, user_mode
 from ..weights.torch_file import DIGEST_KEY, tensors_digest
 from .access import explain_hub_error
-from .config import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, export_config
+from .config import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, export_config, in_layout
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -28,11 +28,48 @@ class HubPublishError(RuntimeError):
     """Publishing failed (no token, no network, no permission); the local folder is untouched."""
 
 
+def _loading(config: dict[str, Any]) -> str:
+    """How to load a folder of this layout, in timm and in transformers."""
+    transformers = (
+        'pipeline = transformers.pipeline("image-classification", model="ORG/NAME")  # or '
+        "AutoModelForImageClassification"
+    )
+    if config["architecture"].startswith("effnet_"):
+        return f"""This folder is in effnet_zoo's layout: load it after `import effnet_zoo` (`pip install effnet-zoo`).
+
+```python
+import timm
+import effnet_zoo  # registers the effnet_* architectures with timm
+
+model = timm.create_model("hf-hub:ORG/NAME", pretrained=True).eval()  # or "local-dir:PATH"
+transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))
+
+import transformers  # transformers >= 4.47 loads it too, through timm, once effnet_zoo is imported
+{transformers}
+```
+
+Users with only timm: save it in timm's own layout (`effnet_zoo.save_pretrained(model, DIR, layout="timm")`,
+`effnet-zoo push ... --layout timm`)."""
+    return f"""This folder is in timm's own layout (`{config["architecture"]}`): stock timm loads it, no effnet_zoo
+needed.
+
+```python
+import timm
+
+model = timm.create_model("hf-hub:ORG/NAME", pretrained=True).eval()  # or "local-dir:PATH"
+transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))
+
+import transformers  # transformers >= 4.47, through timm
+{transformers}
+```"""
+
+
 def model_card(config: dict[str, Any], title: str, origin: str) -> str:
     """A Hub model card: what the model is, where its weights come from, how to preprocess and load it."""
     cfg = config["pretrained_cfg"]
     with torch.device("meta"):
-        params = sum(p.numel() for p in timm.create_model(config["architecture"], **config["model_args"]).parameters())
+        model = timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
+    params = sum(p.numel() for p in model.parameters())
     labels = config.get("label_names")
     label_line = (
         f"Labels: {', '.join(map(str, labels[:10]))}{' ...' if len(labels) > 10 else ''}.\n\n" if labels else ""
@@ -56,13 +93,7 @@ Model arguments: `{json.dumps(config["model_args"])}`.
 {label_line}Preprocessing: input {cfg["input_size"][1]}x{cfg["input_size"][2]}, center crop {cfg["crop_pct"]},
 {cfg["interpolation"]} resize, mean {tuple(cfg["mean"])}, std {tuple(cfg["std"])}.
 
-```python
-import timm
-import effnet_zoo  # registers the effnet_* architectures with timm
-
-model = timm.create_model("hf-hub:ORG/NAME", pretrained=True).eval()  # or "local-dir:PATH"
-transform = timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))
-```
+{_loading(config)}
 """
 
 
@@ -70,7 +101,12 @@ OWN = {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME}  # what a model folder of ours hold
 
 
 def write_model_folder(
-    out: str | Path, model: nn.Module, config: dict[str, Any], card: str, dtype: str = "fp32", force: bool = False
+    out: str | Path,
+    state_dict: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    card: str,
+    dtype: str = "fp32",
+    force: bool = False,
 ) -> Path:
     """Write model.safetensors + config.json + README.md into a temporary folder, then rename it into place."""
     out = Path(out)
@@ -93,7 +129,7 @@ def write_model_folder(
     try:
         tensors = {
             k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).detach().cpu().contiguous()
-            for k, v in model.state_dict().items()
+            for k, v in state_dict.items()
         }
         metadata = {"format": "pt", DIGEST_KEY: tensors_digest(tensors)}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
@@ -122,19 +158,22 @@ def save_pretrained(
     training: str | None = None,
     dtype: str = "fp32",
     force: bool = False,
+    layout: str = "effnet_zoo",
 ) -> Path:
     """Save a (fine-tuned) model as a folder that ``local-dir:`` / ``hf-hub:`` rebuilds exactly.
 
     ``training`` is a sentence for the model card on how it was fine-tuned; the base weights it started
-    from are read from ``model.pretrained_cfg``.
+    from are read from ``model.pretrained_cfg``. ``layout="timm"`` writes timm's own ``tf_efficientnet_*``
+    architecture and key names, for users with only timm (and transformers); a variant timm cannot build
+    (a custom compound coefficient, SE or stem changed) is refused with the reason.
     """
-    config = export_config(model, label_names)
+    state, config = in_layout(model, export_config(model, label_names), layout)
     cfg = model.pretrained_cfg
     base = cfg.get("hf_hub_id") or cfg.get("file") or "randomly initialised weights"
     tag = f" (`{cfg['architecture']}.{cfg['tag']}`)" if cfg.get("tag") else ""
     origin = f"Base weights: `{base}`{tag}." + (f"\n\nFine-tuning: {training}" if training else "")
-    return write_model_folder(out, model, config, model_card(config, f"{cfg['architecture']} fine-tuned", origin),
-                              dtype, force)  # fmt: skip
+    card = model_card(config, f"{cfg['architecture']} fine-tuned", origin)
+    return write_model_folder(out, state, config, card, dtype, force)
 
 
 # ---- publishing ------------------------------------------------------------------------------------------
@@ -188,6 +227,18 @@ def upload_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     return sorted(files), skipped
 
 
+def _timm_layout_copy(folder: Path, out: Path) -> Path:
+    """``folder`` in timm's own layout, written to ``out``; ``folder`` itself if it already is."""
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    if not str(config.get("architecture", "")).startswith("effnet_"):
+        return folder
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    state, config = in_layout(model, export_config(model), "timm")
+    origin = f"Converted to timm's layout by effnet_zoo from the effnet_zoo model folder `{folder.name}`."
+    card = model_card(config, f"{config['architecture']} (timm layout)", origin)
+    return write_model_folder(out, state, config, card)
+
+
 def push_to_hub(
     model_or_folder: nn.Module | str | Path,
     repo_id: str,
@@ -198,10 +249,14 @@ def push_to_hub(
     dry_run: bool = False,
     label_names: list[str] | None = None,
     training: str | None = None,
+    layout: str | None = None,
 ) -> PushPlan:
     """Publish a model (saved first, to a temporary folder) or a saved folder to ``repo_id``.
 
-    ``dry_run`` needs no token or network: it returns the exact files the commit would upload.
+    ``dry_run`` needs no token or network: it returns the exact files the commit would upload. ``layout="timm"``
+    publishes timm's own layout (stock timm loads it): a model is saved so, an effnet_zoo folder is converted on
+    the way (the folder itself is left as it is). By default a model is saved in effnet_zoo's layout and a folder
+    is published as it is.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HFValidationError
@@ -213,11 +268,15 @@ def push_to_hub(
         raise ValueError(f"--repo-id {repo_id!r} is not a Hub repository id ({e}); expected 'org/name'") from e
     with tempfile.TemporaryDirectory() as tmp:
         if isinstance(model_or_folder, nn.Module):
-            folder = save_pretrained(model_or_folder, Path(tmp) / "model", label_names, training)
+            folder = save_pretrained(
+                model_or_folder, Path(tmp) / "model", label_names, training, layout=layout or "effnet_zoo"
+            )
         else:
             folder = Path(model_or_folder)
             if not folder.is_dir():
                 raise FileNotFoundError(f"{folder} is not a folder: push a folder saved with effnet_zoo")
+            if layout == "timm":
+                folder = _timm_layout_copy(folder, Path(tmp) / "model")
         files, skipped = upload_files(folder)
         plan = PushPlan(
             repo_id, revision, private, [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in files],

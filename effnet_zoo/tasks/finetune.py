@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from .._io import atomic_write, atomic_write_text, check_output
 from ..hub import save_pretrained
+from ..hub.config import check_layout
 from ..weights.torch_file import torch_load_error
 from ..zoo import paper_regularization
 from .common import architecture_of, autocast, count, load_pretrained, resolve_device
@@ -70,6 +71,7 @@ class FinetuneConfig:
     resume: bool = False
     force: bool = False
     progress: bool = True
+    layout: str = "effnet_zoo"  # of the saved model folder: "timm" for timm's own tf_efficientnet_* layout
 
 
 class _Dist:
@@ -284,6 +286,7 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
     if cfg.drop_rate is not None:
         kwargs["drop_rate"] = cfg.drop_rate
     model = load_pretrained(cfg.model, **kwargs).to(env.device)
+    check_layout(model, cfg.layout)  # refused now, not after the last epoch
     # on a GPU, bf16 autocast and NHWC are what EfficientNet trains fastest with; on the CPU, fp32 (the model runs
     # NHWC inside by itself)
     on_gpu = env.device.type == "cuda"
@@ -409,7 +412,9 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
         final.pretrained_cfg = {**final.pretrained_cfg, "input_size": tuple(data_cfg["input_size"]),
                                 "crop_pct": data_cfg["crop_pct"], "interpolation": data_cfg["interpolation"],
                                 "mean": tuple(data_cfg["mean"]), "std": tuple(data_cfg["std"])}  # fmt: skip
-        saved = save_pretrained(final.eval(), out / FINAL, label_names=classes, training=what, force=True)
+        saved = save_pretrained(
+            final.eval(), out / FINAL, label_names=classes, training=what, force=True, layout=cfg.layout
+        )
         result["model_dir"] = str(saved)
     env.barrier()
     return result

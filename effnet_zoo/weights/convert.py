@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._io import check_output
-from ..hub.config import export_config
+from ..hub.config import LAYOUTS, export_config, in_layout, timm_architecture
 from ..hub.folders import DTYPES, model_card, write_model_folder
 from . import keras_h5, lukemelas, seed, tf_ckpt, timm_format, torchvision_format, transformers_format
 from .common import ConversionError, Converted, fits, fits_hint, load_checked, shapes_of
@@ -55,8 +55,12 @@ def convert(
     model_args: dict[str, Any] | None = None,
     force: bool = False,
     verify: bool = False,
+    layout: str = "effnet_zoo",
 ) -> ConversionResult:
-    """Convert ``src`` (in ``fmt``) to the registered ``model_name`` (``arch`` or ``arch.tag``) into ``out``."""
+    """Convert ``src`` (in ``fmt``) to the registered ``model_name`` (``arch`` or ``arch.tag``) into ``out``.
+
+    ``layout="timm"`` writes timm's own ``tf_efficientnet_*`` names, which stock timm loads without effnet_zoo.
+    """
     src, out = Path(src), Path(out)
     if fmt not in FORMATS:
         raise ConversionError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -72,6 +76,13 @@ def convert(
         raise ConversionError(
             f"unknown model {model_name!r}; expected one of {', '.join(timm.list_models('effnet_*'))}"
         )
+    if layout not in LAYOUTS:
+        raise ConversionError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if layout == "timm":
+        try:
+            timm_architecture(arch)
+        except ValueError as e:
+            raise ConversionError(str(e)) from e
     user_args = dict(model_args or {})
 
     with torch.device("meta"):  # the block structure, to map flat source numbering onto it
@@ -96,6 +107,10 @@ def convert(
 
     # preprocessing of the named checkpoint set (or the variant's default), not a tag the weights do not carry
     config = export_config(model, converted.label_names, converted.data_config, keep_tag="." in model_name)
+    try:
+        state, config = in_layout(model, config, layout)
+    except ValueError as e:
+        raise ConversionError(str(e)) from e
     result = ConversionResult(out, model, converted, config)
     if verify:
         result.max_abs_diff, result.verify_note = verify_against_source(fmt, src, model, model_name)
@@ -103,7 +118,7 @@ def convert(
     origin = f"Converted by `effnet-zoo convert --from {fmt}` from {converted.source}{tag}."
     card = model_card(config, f"{model_name} converted by effnet_zoo", origin)
     try:
-        write_model_folder(out, model, config, card, dtype, force)
+        write_model_folder(out, state, config, card, dtype, force)
     except FileExistsError as e:
         raise ConversionError(str(e)) from e
     result.files = sorted(p.name for p in out.iterdir())
