@@ -142,6 +142,17 @@ def check_arguments(**values: Any) -> None:
             raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
+def _accept_timm_layout(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """``load_state_dict`` (and so timm's ``load_checkpoint``, ``--checkpoint`` of timm's scripts) also takes a
+    state dict in timm's ``tf_efficientnet_*`` / ``efficientnet_*`` layout: its keys are renamed to ours in place."""
+    if prefix + "conv_stem.weight" not in state_dict:
+        return
+    from .weights.timm_format import from_timm
+
+    ours = {k: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
+    state_dict.update({prefix + k: v for k, v in from_timm({k[len(prefix) :]: v for k, v in ours.items()}).items()})
+
+
 class EfficientNet(nn.Module):
     """EfficientNet-V1 (Tan & Le, ICML 2019), numerically identical to the TensorFlow original.
 
@@ -279,6 +290,7 @@ class EfficientNet(nn.Module):
             self._init_weights()
         if dtype is not None:
             self.to(dtype=dtype)
+        self.register_load_state_dict_pre_hook(_accept_timm_layout)
 
     @property
     def conv_stem(self) -> nn.Conv2d:
