@@ -178,14 +178,12 @@ class ConvBnAct(nn.Module):
                 self._folded = (key, *self.fold())
         return self._folded[1], self._folded[2]
 
-    def _fast(self, x: torch.Tensor) -> bool:
+    def _fast(self, x: torch.Tensor, conv: nn.Module, bn: nn.Module) -> bool:
         """Fold here? Eval-mode BatchNorm on running statistics, the exact modules the fold was written for, and
         nothing watching them."""
-        if self.training:
-            return False
-        conv, bn = self.conv, self.bn
         return (
-            type(bn) is nn.BatchNorm2d
+            not self.training
+            and type(bn) is nn.BatchNorm2d
             and bn.track_running_stats
             and type(conv) in _FOLDABLE_CONVS
             and shortcut_allowed(x, conv, bn)
@@ -193,9 +191,10 @@ class ConvBnAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # the cache is Python state; a scripted model runs conv -> BN
-            if self._fast(x):
+            conv, bn = self.conv, self.bn  # looked up once: this runs for every layer of every forward
+            if self._fast(x, conv, bn):
                 weight, bias = self.fold() if torch.is_grad_enabled() else self.folded()
-                return self.act(self.conv._conv_forward(x, weight, bias))
+                return self.act(conv._conv_forward(x, weight, bias))
         return self.act(self.bn(self.conv(x)))
 
 

@@ -34,6 +34,24 @@ NOT_RUN = {
     "pip install -e '.[demo]'": "installs the package, as .ci/run does before this suite",
     "OUT=gpu-results bash tools/gpu_check.sh": "needs a CUDA GPU (tests/test_cuda.py on the device)",
 }
+# timm's scripts live only in timm's git repository (not in its package): the route itself is tested in
+# tests/test_timm_scripts.py with a script that does what they do with a model
+TIMM_SCRIPTS = "needs timm's scripts from its git repository; the route is tested in tests/test_timm_scripts.py"
+NOT_RUN.update(
+    {
+        line: TIMM_SCRIPTS
+        for line in (
+            "python -m effnet_zoo.run validate.py --model effnet_v1_b0.aa_in1k --pretrained --data-dir imagenet/val",
+            "python -m effnet_zoo.run validate.py --model effnet_v1_b0 --checkpoint output/train/last.pth.tar "
+            "--aot-autograd --data-dir imagenet/val",
+            "python -m effnet_zoo.run benchmark.py --model effnet_v1_b3 --bench inference --aot-autograd",
+            "python -m effnet_zoo.run inference.py --model effnet_v1_b0.aa_in1k --pretrained --data-dir photos/",
+            "python train.py --device-modules effnet_zoo --model effnet_v1_b0 --data-dir fruit --num-classes 2",
+            "torchrun --nproc_per_node 2 -m effnet_zoo.run train.py --model effnet_v1_b0 --data-dir fruit "
+            "--num-classes 2",
+        )
+    }
+)
 
 
 def blocks(page: Path) -> list[tuple[str, str]]:
