@@ -11,6 +11,8 @@ Modes:
   infer  ``create_model(...).eval()`` of each library under ``torch.inference_mode``
   train  forward + backward + SGD step (img/s); also peak memory of two steps, each library in a fresh process
          (CUDA: max allocated; CPU, Linux: growth of peak RSS over the built model)
+  watched  ``infer`` plus ours with a no-op forward hook on every conv and BatchNorm: a watched layer runs the
+         plain conv -> BN path (effnet_zoo.shortcuts), so this is what hooks, pruning or a probe cost
   load   pretrained load of the same safetensors file (random weights, timm's tf_ layout; torchvision gets them
          renamed), each library in a fresh process: wall time and peak RSS growth (Linux)
   fast   each library's documented inference fast path: ours ``effnet_zoo.optimize_for_inference``; torchvision
@@ -111,6 +113,31 @@ def bench_infer(variant: str, args: argparse.Namespace) -> list[dict]:
 
         med = interleaved({k: (lambda m=m: run(m)) for k, m in models.items()}, args.rounds, args.warmup, args.device)
         rows.append(_row("infer", variant, batch, size, med))
+    return rows
+
+
+def watched(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with a no-op forward hook on every conv and BatchNorm, as a probe or FLOP counter would add."""
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.BatchNorm2d)):
+            module.register_forward_hook(lambda *_: None)
+    return model
+
+
+def bench_watched(variant: str, args: argparse.Namespace) -> list[dict]:
+    size = RESOLUTION[variant]
+    models = {lib: prepare(build(variant, lib), args, train=False) for lib in ("ours", "timm_tf", "torchvision")}
+    models["ours_watched"] = watched(prepare(build(variant, "ours"), args, train=False))
+    rows = []
+    for batch in args.batch_sizes:
+        x = make_input(batch, size, args)
+
+        def run(m, x=x):
+            with torch.inference_mode(), autocast(args):
+                return m(x)
+
+        med = interleaved({k: (lambda m=m: run(m)) for k, m in models.items()}, args.rounds, args.warmup, args.device)
+        rows.append(_row("watched", variant, batch, size, med))
     return rows
 
 
@@ -297,6 +324,7 @@ def _row(mode: str, variant: str, batch: int, size: int, med: dict[str, float]) 
         "speedup_vs_timm_tf": round(med["timm_tf"] / med["ours"], 3),
         "speedup_vs_torchvision": round(med["torchvision"] / med["ours"], 3),
         **({"onnxruntime_vs_ours": round(med["ours"] / med["onnxruntime"], 3)} if "onnxruntime" in med else {}),
+        **({"watched_vs_ours": round(med["ours_watched"] / med["ours"], 3)} if "ours_watched" in med else {}),
     }
 
 
@@ -317,7 +345,7 @@ def machine(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="b0", help="comma-separated variants, e.g. b0,b3,b7")
-    p.add_argument("--modes", default="infer,train", help="comma-separated: infer, train, fast, load")
+    p.add_argument("--modes", default="infer,train", help="comma-separated: infer, train, fast, watched, load")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch-sizes", default="1,16", help="inference batch sizes")
     p.add_argument("--train-batch", type=int, default=16)
@@ -335,13 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     if args.img_size:
         RESOLUTION.update(dict.fromkeys(RESOLUTION, args.img_size))
-    modes = {"infer": bench_infer, "train": bench_train, "fast": bench_fast, "load": bench_load}
+    modes = {"infer": bench_infer, "train": bench_train, "fast": bench_fast, "watched": bench_watched,
+             "load": bench_load}  # fmt: skip
     rows = []
     for variant in args.models.split(","):
         for mode in args.modes.split(","):
             rows += modes[mode](variant, args)
             if not args.json:
-                _print(rows[-len(args.batch_sizes) if mode in ("infer", "fast") else -1 :])
+                _print(rows[-len(args.batch_sizes) if mode in ("infer", "fast", "watched") else -1 :])
     if args.json:
         print(json.dumps({"machine": machine(args), "args": vars(args), "results": rows}, indent=2))
     else:
@@ -356,6 +385,8 @@ def _print(rows: list[dict]) -> None:
                 f"vs timm tf_, x{r['speedup_vs_torchvision']:.2f} vs torchvision")  # fmt: skip
         if "onnxruntime_vs_ours" in r:
             line += f", onnxruntime x{r['onnxruntime_vs_ours']:.2f} vs ours"
+        if "watched_vs_ours" in r:
+            line += f"  |  watched (a hook on every conv/BN) takes x{r['watched_vs_ours']:.2f} ours' time"
         if "peak_mib" in r:
             line += "  | peak MiB " + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_mib"].items())
         print(line, flush=True)

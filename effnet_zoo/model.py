@@ -52,8 +52,11 @@ def checked_input(
             _check_input(x, in_chans, min_size, weight)
             if values_readable(x):  # not under torch.func, AOT autograd, make_fx, fake tensors, compile, export
                 _check_values(x)
-    if cpu_channels_last and x.device.type == "cpu" and layout_change_allowed(x):
-        # oneDNN's kernels (depthwise above all) are much faster on NHWC activations; values are unchanged
+    # oneDNN's kernels (depthwise above all) are much faster on NHWC activations; values are unchanged
+    to_nhwc = cpu_channels_last and x.device.type == "cpu"
+    if not torch.jit.is_scripting():
+        to_nhwc = to_nhwc and layout_change_allowed(x)  # not under vmap, which cannot copy to that layout
+    if to_nhwc:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 

@@ -15,14 +15,19 @@ def test_bench_smoke_json(capsys):
     spec = importlib.util.spec_from_file_location("bench", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    code = bench.main(["--modes", "infer,fast,train", "--batch-sizes", "1", "--train-batch", "2", "--img-size", "64",
-                       "--no-memory", "--rounds", "1", "--warmup", "0", "--json"])  # fmt: skip
+    code = bench.main(["--modes", "infer,fast,train,watched", "--batch-sizes", "1", "--train-batch", "2",
+                       "--img-size", "64", "--no-memory", "--rounds", "1", "--warmup", "0", "--json"])  # fmt: skip
     assert code == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["machine"]["torch"] and [r["mode"] for r in report["results"]] == ["infer", "fast", "train"]
+    assert report["machine"]["torch"] and [r["mode"] for r in report["results"]] == [
+        "infer",
+        "fast",
+        "train",
+        "watched",
+    ]
     for row in report["results"]:
         # ONNX Runtime on our ONNX export is one of the CPU fast paths
-        extra = {"onnxruntime"} if row["mode"] == "fast" else set()
+        extra = {"fast": {"onnxruntime"}, "watched": {"ours_watched"}}.get(row["mode"], set())
         assert set(row["ms"]) == {"ours", "timm_tf", "torchvision"} | extra and row["speedup_vs_timm_tf"] > 0
         assert row["size"] == 64
-    assert report["results"][1]["onnxruntime_vs_ours"] > 0
+    assert report["results"][1]["onnxruntime_vs_ours"] > 0 and report["results"][3]["watched_vs_ours"] > 0

@@ -275,3 +275,22 @@ def test_shortcuts_still_run_when_nothing_watches():
     finally:
         nn.BatchNorm2d.forward = original
     assert calls == []  # folded: no BatchNorm module ran
+
+
+def test_eval_results_do_not_depend_on_which_path_ran():
+    """A global hook sends every layer down the plain path; a hook on some layers mixes the two paths."""
+    ours, control = _pair()
+    x = _image()
+    with torch.no_grad():
+        fast, expected = ours(x), control(x)
+        handle = nn.modules.module.register_module_forward_hook(lambda *_: None)
+        try:
+            plain = ours(x)
+        finally:
+            handle.remove()
+        for stage in ours.blocks[::2]:
+            stage[0].dw.bn.register_forward_pre_hook(lambda *_: None)
+        mixed = ours(x)
+    for out in (fast, plain, mixed):
+        assert_rel_close(out, expected, 1e-5)
+    assert not torch.equal(fast, plain)  # the two paths really differ in rounding: both were exercised
