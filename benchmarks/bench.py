@@ -100,9 +100,12 @@ def make_input(batch: int, size: int, args: argparse.Namespace) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
 
 
-def bench_infer(variant: str, args: argparse.Namespace) -> list[dict]:
+def bench_infer(variant: str, args: argparse.Namespace, mode: str = "infer") -> list[dict]:
+    """Eval models under inference_mode; ``mode="watched"`` adds ours with a hook on every conv and BatchNorm."""
     size = RESOLUTION[variant]
     models = {lib: prepare(build(variant, lib), args, train=False) for lib in ("ours", "timm_tf", "torchvision")}
+    if mode == "watched":
+        models["ours_watched"] = watched(prepare(build(variant, "ours"), args, train=False))
     rows = []
     for batch in args.batch_sizes:
         x = make_input(batch, size, args)
@@ -112,7 +115,7 @@ def bench_infer(variant: str, args: argparse.Namespace) -> list[dict]:
                 return m(x)
 
         med = interleaved({k: (lambda m=m: run(m)) for k, m in models.items()}, args.rounds, args.warmup, args.device)
-        rows.append(_row("infer", variant, batch, size, med))
+        rows.append(_row(mode, variant, batch, size, med))
     return rows
 
 
@@ -125,20 +128,7 @@ def watched(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def bench_watched(variant: str, args: argparse.Namespace) -> list[dict]:
-    size = RESOLUTION[variant]
-    models = {lib: prepare(build(variant, lib), args, train=False) for lib in ("ours", "timm_tf", "torchvision")}
-    models["ours_watched"] = watched(prepare(build(variant, "ours"), args, train=False))
-    rows = []
-    for batch in args.batch_sizes:
-        x = make_input(batch, size, args)
-
-        def run(m, x=x):
-            with torch.inference_mode(), autocast(args):
-                return m(x)
-
-        med = interleaved({k: (lambda m=m: run(m)) for k, m in models.items()}, args.rounds, args.warmup, args.device)
-        rows.append(_row("watched", variant, batch, size, med))
-    return rows
+    return bench_infer(variant, args, mode="watched")
 
 
 def fast_paths(variant: str, args: argparse.Namespace, size: int, batch: int) -> dict[str, Callable[[], object]]:

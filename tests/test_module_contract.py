@@ -4,6 +4,7 @@ weights. The eval shortcuts (folded BatchNorm, in-place SE gate) must step aside
 """
 
 import copy
+import functools
 
 import pytest
 import timm
@@ -25,10 +26,28 @@ def _pair(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, nn.Module]:
     return ours, control
 
 
-def _names(ours: nn.Module) -> dict[str, str]:
-    """Our module name -> the control's, for every conv / BN / linear (from the parameter key mapping)."""
-    keys = list(ours.state_dict())
-    return {o.rpartition(".")[0]: t.rpartition(".")[0] for o, t in zip(keys, to_timm(ours.state_dict()), strict=True)}
+@functools.cache
+def _names() -> dict[str, str]:
+    """Our module name -> the control's, for every conv / BN / linear of B0 (from the parameter key mapping)."""
+    with torch.device("meta"):
+        keys = list(timm.create_model("effnet_v1_b0").state_dict())
+    return {o.rpartition(".")[0]: t.rpartition(".")[0] for o, t in zip(keys, to_timm(dict.fromkeys(keys)), strict=True)}
+
+
+def _edited(edit, ours_name: str, x: torch.Tensor, pair=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ours before, ours after, control after): ``edit(module)`` applied to the same module of ours and of the
+    control (named ``ours_name`` in ours). ``edit`` may return a hook handle, removed after the forward."""
+    ours, control = pair or _pair()
+    with torch.no_grad():
+        before = ours(x)
+    outs = []
+    for model, name in ((ours, ours_name), (control, _names()[ours_name])):
+        handle = edit(model.get_submodule(name))
+        with torch.no_grad():
+            outs.append(model(x))
+        if handle is not None:
+            handle.remove()
+    return before, *outs
 
 
 def _image(batch: int = 2, size: int = SIZE, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -66,27 +85,18 @@ def test_global_module_hooks_see_every_layer():
 
 
 def test_a_hook_that_edits_an_output_takes_effect_and_matches_the_control():
-    ours, control = _pair()
-    names = _names(ours)
-    x = _image()
-    with torch.no_grad():
-        plain = ours(x)
-    # halve one depthwise conv's output and one BN's output: both change the logits, as they do for the control
+    pair, x = _pair(), _image()
+    # halve a depthwise conv's, a BN's and the head conv's output: each changes the logits as for the control
     for target in ("blocks.3.1.dw.conv", "blocks.5.0.project.bn", "head.conv"):
-        outs = []
-        for model, name in ((ours, target), (control, names[target])):
-            handle = model.get_submodule(name).register_forward_hook(lambda m, i, o: o * 0.5)
-            with torch.no_grad():
-                outs.append(model(x))
-            handle.remove()
-        assert (outs[0] - plain).abs().max() > 1e-3, f"a hook on {target} was ignored"
-        assert_rel_close(outs[0], outs[1])
+        before, ours, control = _edited(lambda m: m.register_forward_hook(lambda m, i, o: o * 0.5), target, x, pair)
+        assert (ours - before).abs().max() > 1e-3, f"a hook on {target} was ignored"
+        assert_rel_close(ours, control)
 
 
 def test_a_captured_activation_is_not_overwritten_by_the_in_place_gate():
     """Grad-CAM and probes keep the depthwise output a hook saw; the SE gate must not modify it afterwards."""
     ours, control = _pair()
-    names = _names(ours)
+    names = _names()
     x = _image()
     captured = {}
     for model, name in ((ours, "blocks.2.0.dw.bn"), (control, names["blocks.2.0.dw.bn"])):
@@ -127,40 +137,29 @@ def test_a_weight_parametrization_takes_effect_in_eval():
         def forward(self, w):
             return w * 0.5
 
-    ours, control = _pair()
-    names = _names(ours)
-    x = _image()
-    with torch.no_grad():
-        before = ours(x)
-    outs = []
-    for model, name in ((ours, "blocks.4.2.expand.conv"), (control, names["blocks.4.2.expand.conv"])):
-        parametrize.register_parametrization(model.get_submodule(name), "weight", Halve())
-        with torch.no_grad():
-            outs.append(model(x))
-    assert (outs[0] - before).abs().max() > 1e-3
-    assert_rel_close(outs[0], outs[1])
+    edit = lambda m: parametrize.register_parametrization(m, "weight", Halve()) and None  # noqa: E731
+    before, ours, control = _edited(edit, "blocks.4.2.expand.conv", _image())
+    assert (ours - before).abs().max() > 1e-3
+    assert_rel_close(ours, control)
 
 
 def test_weight_norm_and_a_patched_forward_are_followed():
     """torch's weight_norm (a parametrization) and accelerate-style hooks (an instance-level ``forward``)."""
-    ours, control = _pair()
-    names = _names(ours)
-    x = _image()
-    with torch.no_grad():
-        before = ours(x)
-    outs = []
-    for model, rename in ((ours, str), (control, names.get)):
-        conv = model.get_submodule(rename("blocks.1.0.project.conv"))
+
+    def weight_norm(conv):
         nn.utils.parametrizations.weight_norm(conv)
         with torch.no_grad():
             conv.parametrizations.weight.original0.mul_(2)  # the norm g doubles: so does the weight
-        dw = model.get_submodule(rename("blocks.2.1.dw.conv"))
-        original = dw.forward
-        dw.forward = lambda t, original=original: original(t) + 1.0
-        with torch.no_grad():
-            outs.append(model(x))
-    assert (outs[0] - before).abs().max() > 1e-3
-    assert_rel_close(outs[0], outs[1])
+
+    def patched(conv):
+        original = conv.forward
+        conv.forward = lambda t: original(t) + 1.0
+
+    pair, x = _pair(), _image()
+    for edit, target in ((weight_norm, "blocks.1.0.project.conv"), (patched, "blocks.2.1.dw.conv")):
+        before, ours, control = _edited(edit, target, x, pair)
+        assert (ours - before).abs().max() > 1e-3, target
+        assert_rel_close(ours, control)
 
 
 def test_flop_counters_that_use_hooks_count_what_the_control_counts():

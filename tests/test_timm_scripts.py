@@ -53,24 +53,32 @@ def checkpoint(tmp_path_factory):
     return where
 
 
-def _run(checkpoint, model: str, *extra: str, runner: bool = True) -> torch.Tensor:
-    out = checkpoint / f"{model}{'_'.join(extra)}.pt"
-    prefix = [sys.executable, "-m", "effnet_zoo.run"] if runner else [sys.executable]
+def _run(checkpoint, *extra: str) -> torch.Tensor:
+    """Our model through the runner, in a fresh process as a user runs it."""
+    out = checkpoint / f"{'_'.join(extra) or 'eager'}.pt"
     run = subprocess.run(
-        [*prefix, str(checkpoint / "script.py"), "--model", model, "--num-classes", "10",
-         "--checkpoint", str(checkpoint / "last.pth.tar"), "--out", str(out), *extra],
+        [sys.executable, "-m", "effnet_zoo.run", str(checkpoint / "script.py"), "--model", "effnet_v1_b0",
+         "--num-classes", "10", "--checkpoint", str(checkpoint / "last.pth.tar"), "--out", str(out), *extra],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     return torch.load(out)
 
 
+def _control(checkpoint) -> torch.Tensor:
+    """The same script's computation on timm's TF port, in this process (timm knows its own model)."""
+    model = timm.create_model("tf_efficientnet_b0", num_classes=10)
+    timm.models.load_checkpoint(model, str(checkpoint / "last.pth.tar"))
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
 @pytest.mark.parametrize(
     "extra", [(), ("--aot-autograd",), ("--torchscript", "--use-ema")], ids=["eager", "aot", "jit"]
 )
 def test_a_timm_script_runs_our_model_on_a_timm_layout_checkpoint(checkpoint, extra):
-    ours = _run(checkpoint, "effnet_v1_b0", *extra)
-    control = _run(checkpoint, "tf_efficientnet_b0", *extra, runner=False)
+    ours, control = _run(checkpoint, *extra), _control(checkpoint)
     assert ours.shape == (2, 10)
     assert (ours - control).abs().max() <= 1e-4 * control.abs().max()
 

@@ -35,50 +35,30 @@ _DEPTHWISE = {
     "conv_pw": "project.conv",
     "bn2": "project.bn",
 }
-_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)\.(\w+)$")
+_BLOCK_KEY = re.compile(r"^(blocks\.\d+\.\d+)\.(.+)\.(\w+)$")  # (block, module, parameter), in both layouts
 
 
 def is_timm_layout(state_dict: dict[str, torch.Tensor]) -> bool:
     return "conv_stem.weight" in state_dict
 
 
-def from_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a timm EfficientNet state dict to our keys; tensors are shared, not copied."""
-    expanding = {m.group(1, 2) for k in state_dict if (m := _BLOCK_KEY.match(k)) and m.group(3) == "conv_pwl"}
+def _rename(
+    state_dict: dict[str, torch.Tensor],
+    expand_module: str,
+    blocks: dict[bool, dict[str, str]],
+    top: dict[str, str],
+    layout: str,
+) -> dict[str, torch.Tensor]:
+    """Rename module by module, in order: a block's modules through ``blocks[does it expand]`` (a block expands
+    when it holds ``expand_module``), the stem and head through ``top``; the classifier keeps its name."""
+    expanding = {m.group(1) for k in state_dict if (m := _BLOCK_KEY.match(k)) and m.group(2) == expand_module}
     out = {}
     for key, value in state_dict.items():
         if m := _BLOCK_KEY.match(key):
-            stage, block, module, param = m.groups()
-            table = _EXPANDING if (stage, block) in expanding else _DEPTHWISE
-            if module not in table:
-                raise KeyError(f"unexpected key {key!r} in a timm EfficientNet checkpoint")
-            out[f"blocks.{stage}.{block}.{table[module]}.{param}"] = value
-            continue
-        module, _, param = key.rpartition(".")
-        if module == "classifier":
-            out[key] = value
-        elif module in _TOP:
-            out[f"{_TOP[module]}.{param}"] = value
-        else:
-            raise KeyError(f"unexpected key {key!r} in a timm EfficientNet checkpoint")
-    return out
-
-
-_OURS_BLOCK_KEY = re.compile(r"^(blocks\.\d+\.\d+)\.(.+)\.(\w+)$")
-
-
-def to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our keys -> timm's EfficientNet keys (the inverse of :func:`from_timm`, in the same order); tensors shared."""
-    expanding = {m.group(1) for k in state_dict if (m := _OURS_BLOCK_KEY.match(k)) and m.group(2) == "expand.conv"}
-    tables = {ours: {v: k for k, v in table.items()} for ours, table in ((True, _EXPANDING), (False, _DEPTHWISE))}
-    top = {v: k for k, v in _TOP.items()}
-    out = {}
-    for key, value in state_dict.items():
-        if m := _OURS_BLOCK_KEY.match(key):
             block, module, param = m.groups()
-            table = tables[block in expanding]
+            table = blocks[block in expanding]
             if module not in table:
-                raise KeyError(f"unexpected key {key!r} in an effnet_zoo state dict")
+                raise KeyError(f"unexpected key {key!r} in {layout} EfficientNet state dict")
             out[f"{block}.{table[module]}.{param}"] = value
             continue
         module, _, param = key.rpartition(".")
@@ -87,8 +67,23 @@ def to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         elif module in top:
             out[f"{top[module]}.{param}"] = value
         else:
-            raise KeyError(f"unexpected key {key!r} in an effnet_zoo state dict")
+            raise KeyError(f"unexpected key {key!r} in {layout} EfficientNet state dict")
     return out
+
+
+def from_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a timm EfficientNet state dict to our keys; tensors are shared, not copied."""
+    return _rename(state_dict, "conv_pwl", {True: _EXPANDING, False: _DEPTHWISE}, _TOP, "a timm")
+
+
+def _inverse(table: dict[str, str]) -> dict[str, str]:
+    return {ours: theirs for theirs, ours in table.items()}
+
+
+def to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our keys -> timm's EfficientNet keys (the inverse of :func:`from_timm`, in the same order); tensors shared."""
+    blocks = {True: _inverse(_EXPANDING), False: _inverse(_DEPTHWISE)}
+    return _rename(state_dict, "expand.conv", blocks, _inverse(_TOP), "an effnet_zoo")
 
 
 def weights_source(pretrained_cfg: dict) -> tuple[str, str | None]:
