@@ -30,7 +30,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                 module.conv.weight = nn.Parameter(weight, requires_grad=False)
                 module.conv.bias = nn.Parameter(bias, requires_grad=False)
             module.bn = nn.Identity()
-            module._folded = None
     return model
 
 

@@ -64,6 +64,22 @@ def checked_input(
 torch.fx.wrap("checked_input")
 
 
+def handed_out(y: torch.Tensor, x: torch.Tensor, mirrored: bool) -> torch.Tensor:
+    """A map as the caller sees it: unmirrored (``optimize_for_inference``) and in the layout of the caller's input
+    ``x``, as any PyTorch layer hands it back (NCHW in, NCHW out), however the network ran inside.
+
+    A leaf for FX, like ``checked_input``: the layout test runs on the tensors the traced module is given.
+    """
+    if mirrored:
+        y = y.flip((-2, -1))
+    if x.is_contiguous() and not y.is_contiguous():
+        y = y.contiguous()
+    return y
+
+
+torch.fx.wrap("handed_out")
+
+
 def _check_input(x: torch.Tensor, in_chans: int, min_size: int, weight: torch.Tensor | None) -> None:
     if x.dim() != 4:
         raise ValueError(
@@ -370,16 +386,16 @@ class EfficientNet(nn.Module):
         return self._unmirror(x)
 
     def _unmirror(self, x: torch.Tensor) -> torch.Tensor:
-        """Flip a map between the caller's orientation and the mirrored one (an involution)."""
+        """Flip the input into the mirrored orientation (``optimize_for_inference``); ``handed_out`` flips back."""
         return x.flip((-2, -1)) if self.mirrored else x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(self._prepare_input(x))
+        y = self.stem(self._prepare_input(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
+            y = checkpoint_seq(self.blocks, y)
         else:
-            x = self.blocks(x)
-        return self._unmirror(self.head(x))
+            y = self.blocks(y)
+        return handed_out(self.head(y), x, self.mirrored)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(self.global_pool(x))
@@ -438,22 +454,22 @@ class EfficientNet(nn.Module):
         _, take_stages, max_stage = self._take_indices(indices, extra_blocks)
         last_stage = max_stage if stop_early or intermediates_only else len(self.blocks)
         intermediates: List[torch.Tensor] = []  # noqa: UP006
-        x = self.stem(self._prepare_input(x))
+        y = self.stem(self._prepare_input(x))
         if 0 in take_stages:
-            intermediates.append(self._unmirror(x))
+            intermediates.append(handed_out(y, x, self.mirrored))
         stage_idx = 0
         for stage in self.blocks:
             stage_idx += 1
             if stage_idx <= last_stage:
                 if self.grad_checkpointing and not torch.jit.is_scripting():
-                    x = checkpoint_seq(stage, x)
+                    y = checkpoint_seq(stage, y)
                 else:
-                    x = stage(x)
+                    y = stage(y)
                 if stage_idx in take_stages:
-                    intermediates.append(self._unmirror(x))
+                    intermediates.append(handed_out(y, x, self.mirrored))
         if not intermediates_only and last_stage == self.stage_ends[-1]:  # the head follows the last stage only
-            x = self.head(x)
-        return self._unmirror(x), intermediates
+            y = self.head(y)
+        return handed_out(y, x, self.mirrored), intermediates
 
     def prune_intermediate_layers(
         self,
@@ -487,6 +503,17 @@ class EfficientNet(nn.Module):
         return self.forward_intermediates(x, indices=indices, intermediates_only=True)
 
 
+def _accept_unwrapped_backbone(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """A backbone's ``load_state_dict`` also takes the keys of an unwrapped network: timm's own ``features_only``
+    ``tf_efficientnet_*`` (``conv_stem.weight``, ...) or our full model's trunk (``stem.conv.weight``, ...).
+    They are moved under ``model.``, where the network's own hook renames timm's layout."""
+    if prefix + "conv_stem.weight" not in state_dict and prefix + "stem.conv.weight" not in state_dict:
+        return
+    keys = [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "model.")]
+    for key in keys:
+        state_dict[prefix + "model." + key[len(prefix) :]] = state_dict.pop(key)
+
+
 class EfficientNetFeatures(FeatureGetterNet):
     """timm's ``features_only`` wrapper (``forward_intermediates`` at ``out_indices``), with gradient checkpointing.
 
@@ -500,6 +527,7 @@ class EfficientNetFeatures(FeatureGetterNet):
         if self.output_fmt != "NCHW":
             fmt = getattr(self.output_fmt, "value", self.output_fmt)
             raise ValueError(f"output_fmt must be 'NCHW' for effnet_zoo backbones, got {fmt!r}")
+        self.register_load_state_dict_pre_hook(_accept_unwrapped_backbone)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:  # noqa: UP006
         # one return type (forward_intermediates may return a tuple): scripted callers iterate the maps

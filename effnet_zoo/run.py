@@ -21,13 +21,15 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip() + "\n\n" + USAGE)
         return 0 if argv else 2
     script = Path(argv[0])
-    if not script.is_file():
-        print(f"effnet_zoo.run: error: {ascii(str(script))[1:-1]} is not a file; {USAGE}", file=sys.stderr)
+    if not (script.is_file() or (script / "__main__.py").is_file()):
+        print(f"effnet_zoo.run: error: {ascii(str(script))[1:-1]} is not a script; {USAGE}", file=sys.stderr)
         return 2
     import effnet_zoo  # noqa: F401  (registers effnet_v1_* / effnet_lite* with timm)
 
+    script = script.resolve()  # what `python SCRIPT.py` gives: an absolute __file__ whatever the script chdirs to
     sys.argv = [str(script), *argv[1:]]
-    sys.path.insert(0, str(script.resolve().parent))
+    # `python -m` put the working folder first on sys.path; `python SCRIPT.py` puts the script's folder there
+    sys.path[0] = str(script if script.is_dir() else script.parent)
     runpy.run_path(str(script), run_name="__main__")
     return 0
 

@@ -13,6 +13,7 @@ Every shortcut asks :func:`shortcut_allowed`; the input checks ask :func:`values
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module
 from torch.utils import _python_dispatch
@@ -28,6 +29,11 @@ _GLOBAL_HOOKS = (
     _module._global_backward_hooks,
     _module._global_backward_pre_hooks,
 )
+
+
+# The functions a shortcut skips, as torch defines them: a profiler that patches one (ptflops, DeepSpeed's flops
+# profiler patch F.batch_norm) must see every call.
+_BATCH_NORM = F.batch_norm
 
 
 def recording() -> bool:
@@ -80,12 +86,12 @@ def _observed(module: nn.Module) -> bool:
 def shortcut_allowed(x: torch.Tensor, *modules: nn.Module) -> bool:
     """May a shortcut that bypasses or overwrites the work of ``modules`` run on input ``x``?
 
-    Only when nothing can tell the difference: no global module hooks, none of ``modules`` observed or altered
-    (:func:`_observed`), and plain eager execution (or a ``torch.compile`` trace, which follows the Python and
-    the hooks itself), not a recorded graph, a transform or a dispatch mode. Callers also test what their own
-    shortcut needs (eval mode, the exact module types it was written for).
+    Only when nothing can tell the difference: no global module hooks, no patched ``F.batch_norm``, none of
+    ``modules`` observed or altered (:func:`_observed`), and plain eager execution (or a ``torch.compile`` trace,
+    which follows the Python and the hooks itself), not a recorded graph, a transform or a dispatch mode. Callers
+    also test what their own shortcut needs (eval mode, the exact module types it was written for).
     """
-    if any(_GLOBAL_HOOKS):
+    if any(_GLOBAL_HOOKS) or F.batch_norm is not _BATCH_NORM:
         return False
     for module in modules:  # a loop, not any(genexpr): this runs for every layer of every forward
         if _observed(module):

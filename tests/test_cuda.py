@@ -96,13 +96,13 @@ def test_fast_paths_compile_and_cuda_graphs_match_timm():
             assert_rel_close(got.clone(), want, 1e-4)
 
 
-def test_folded_batchnorm_cache_follows_device_dtype_and_new_weights():
+def test_folded_batchnorm_follows_device_dtype_and_new_weights():
     ref, ours = _pair("b0", seed=3)
     x = _x(2, 3, 224, 224)
     cpu = timm.create_model("effnet_v1_b0").eval()
     cpu.load_state_dict(from_timm(ref.state_dict()))
     with torch.no_grad():
-        cpu(x.cpu())  # the fold is cached on the CPU
+        cpu(x.cpu())  # folded on the CPU first
         cpu.cuda()
         assert_rel_close(cpu(x), ref(x), 1e-4)
         for dtype in (torch.float16, torch.bfloat16):

@@ -293,3 +293,118 @@ def test_eval_results_do_not_depend_on_which_path_ran():
     for out in (fast, plain, mixed):
         assert_rel_close(out, expected, 1e-5)
     assert not torch.equal(fast, plain)  # the two paths really differ in rounding: both were exercised
+
+
+# What an outside attack found the earlier cached fold missed: each state below is reached from a first eval
+# forward (which used to cache the folded weights), and must give what the modules as they now are compute.
+
+
+def _bn_modules(model: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def test_batchnorm_in_train_mode_alone_uses_batch_statistics():
+    """Test-time adaptation: the model in eval, only its BatchNorms in train mode."""
+    ours, control = _pair()
+    x = _image(4)
+    for model in (ours, control):
+        with torch.no_grad():
+            model(x)
+        for bn in _bn_modules(model):
+            bn.train()
+    with torch.no_grad():
+        assert_rel_close(ours(x), control(x))
+
+
+@pytest.mark.parametrize("edit", ["data", "eps", "conv_bias"])
+def test_writes_that_bypass_version_counters_are_seen(edit):
+    ours, control = _pair()
+    x = _image()
+    names = _names()
+    with torch.no_grad():
+        ours(x)
+        for bn in _bn_modules(ours) + _bn_modules(control):
+            if edit == "data":
+                bn.running_var.data.mul_(4)  # .data writes do not bump the version counter
+            elif edit == "eps":
+                bn.eps = 0.5
+    if edit == "conv_bias":
+        for model, name in ((ours, "blocks.1.0.expand.conv"), (control, names["blocks.1.0.expand.conv"])):
+            conv = model.get_submodule(name)
+            conv.bias = nn.Parameter(torch.linspace(-1, 1, conv.out_channels))
+    with torch.no_grad():
+        assert_rel_close(ours(x), control(x))
+
+
+def _fresh_copy(model: nn.Module) -> nn.Module:
+    copy_ = timm.create_model("effnet_v1_b0").eval()
+    copy_.load_state_dict(model.state_dict())
+    return copy_
+
+
+def test_a_fused_optimizer_step_and_re_estimated_statistics_are_seen():
+    ours, _ = _pair()
+    x = _image(4)
+    with torch.no_grad():
+        ours(x)
+    opt = torch.optim.Adam(ours.parameters(), lr=1e-2, fused=True)  # writes without bumping versions
+    ours.train()
+    ours(x).logsumexp(1).mean().backward()
+    opt.step()
+    with torch.no_grad():  # AdaBN: running statistics re-estimated on new data
+        ours(_image(4, 64))
+    ours.eval()
+    with torch.no_grad():
+        assert_rel_close(ours(x), _fresh_copy(ours)(x), 1e-6)
+
+
+def test_a_batchnorm_without_affine_parameters_swapped_in_runs_as_written():
+    ours, _ = _pair()
+    x = _image()
+    bn = nn.BatchNorm2d(144, eps=1e-3, affine=False).eval()
+    bn.running_var.uniform_(0.5, 2.0)
+    ours.blocks[2][0].dw.bn = bn
+    with torch.no_grad():
+        fast = ours(x)
+        handle = nn.modules.module.register_module_forward_hook(lambda *_: None)  # every layer as written
+        plain = ours(x)
+        handle.remove()
+    assert_rel_close(fast, plain, 1e-5)
+
+
+def test_a_profiler_that_patches_batch_norm_sees_every_call():
+    counts = []
+    original = nn.functional.batch_norm
+    for model in _pair():
+        calls = []
+        nn.functional.batch_norm = lambda *a, calls=calls, **k: calls.append(1) or original(*a, **k)
+        try:
+            with torch.no_grad():
+                model(_image())
+        finally:
+            nn.functional.batch_norm = original
+        counts.append(len(calls))
+    assert counts == [49, 49]
+
+
+def test_maps_come_back_in_the_callers_layout():
+    """NCHW in, NCHW out, as from any PyTorch layer (the CPU model runs NHWC inside): ``.view`` works."""
+    ours, control = _pair()
+    x = _image()
+    backbone = timm.create_model("effnet_v1_b0", features_only=True).eval()
+    with torch.no_grad():
+        outputs = [ours.forward_features(x), *ours.forward_intermediates(x, intermediates_only=True), *backbone(x)]
+        assert all(t.is_contiguous() for t in outputs)
+        assert_rel_close(ours.forward_features(x).view(2, -1), control.forward_features(x).view(2, -1))
+        nhwc = ours.forward_features(x.contiguous(memory_format=torch.channels_last))
+    assert nhwc.is_contiguous(memory_format=torch.channels_last)  # and NHWC in, NHWC out
+
+
+def test_a_timm_features_only_state_dict_loads_into_our_backbone():
+    control = timm.create_model("tf_efficientnet_b0", features_only=True).eval()
+    ours = timm.create_model("effnet_v1_b0", features_only=True).eval()
+    assert not ours.load_state_dict(control.state_dict()).missing_keys
+    x = _image()
+    with torch.no_grad():
+        for mine, theirs in zip(ours(x), control(x), strict=True):
+            assert_rel_close(mine, theirs)

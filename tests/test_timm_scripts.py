@@ -92,7 +92,7 @@ def test_without_the_runner_the_script_does_not_know_our_model(checkpoint):
 def test_the_runner_explains_itself():
     run = subprocess.run([sys.executable, "-m", "effnet_zoo.run", "no_such_script.py"], capture_output=True,
                          text=True, timeout=300)  # fmt: skip
-    assert run.returncode == 2 and "no_such_script.py is not a file" in run.stderr
+    assert run.returncode == 2 and "no_such_script.py is not a script" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
 
 
@@ -106,3 +106,18 @@ def test_load_state_dict_takes_timm_layout_keys_strictly():
         assert (ours(x) - control(x)).abs().max() <= 1e-4 * control(x).abs().max()
     with pytest.raises(RuntimeError, match="Missing key"):  # a partial timm state dict is still refused strictly
         ours.load_state_dict({k: v for k, v in control.state_dict().items() if k != "bn2.bias"})
+
+
+def test_the_runner_runs_a_script_as_python_would(tmp_path):
+    """An absolute ``__file__``, the script's folder (not the working folder) first on sys.path, its exit code,
+    and a folder with ``__main__.py``."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "helper.py").write_text("VALUE = 7\n")
+    probe = "import os, sys, helper\nprint(os.path.isabs(__file__), sys.path[0] == os.path.dirname(__file__))\n"
+    (app / "__main__.py").write_text(probe + "sys.exit(helper.VALUE - 4)\n")
+    (app / "script.py").write_text(probe)
+    for target, code in (("app/script.py", 0), ("app", 3)):
+        run = subprocess.run([sys.executable, "-m", "effnet_zoo.run", target], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+        assert run.returncode == code and run.stdout.split() == ["True", "True"], (target, run.stdout, run.stderr)
