@@ -191,11 +191,16 @@ def test_cpu_channels_last_is_internal_only():
     with torch.no_grad():
         expected = ref(x)
         assert_rel_close(m(x), expected, 1e-5)
+        layouts = []
+        m.stem.conv.register_forward_pre_hook(
+            lambda mod, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        )
         maps = m.get_features(x)
-        assert maps[0].is_contiguous(memory_format=torch.channels_last)
+        assert layouts == [True]  # NHWC inside the network ...
+        assert all(t.is_contiguous() for t in maps)  # ... and NCHW maps handed back, as the input came
         m.cpu_channels_last = False
         assert_rel_close(m(x), expected, 1e-5)
-        assert m.get_features(x)[0].is_contiguous()
+        assert m.get_features(x)[0].is_contiguous() and layouts[-1] is False
 
 
 def test_optimize_for_inference_folds_batchnorm_and_makes_padding_static():
