@@ -162,11 +162,11 @@ class ConvBnAct(nn.Module):
         Any BatchNorm2d with running statistics: without affine parameters too, and after a conv given a bias.
         """
         conv, bn = self.conv, self.bn
-        scale = torch.rsqrt(bn.running_var + bn.eps)
+        scale = (bn.running_var + bn.eps).rsqrt_()  # few ops: this runs for every layer of every eval forward
         if bn.weight is not None:
             scale = scale * bn.weight
-        shift = -bn.running_mean if conv.bias is None else conv.bias - bn.running_mean
-        bias = shift * scale if bn.bias is None else bn.bias + shift * scale
+        mean = bn.running_mean if conv.bias is None else bn.running_mean - conv.bias
+        bias = -mean * scale if bn.bias is None else torch.addcmul(bn.bias, mean, scale, value=-1)
         weight = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
         return weight, bias.to(conv.weight.dtype)
 
