@@ -299,3 +299,13 @@ def test_cli_convert(tmp_path):
     assert "Traceback" not in again.stderr
     card = (out / "README.md").read_text()
     assert "TensorFlow checkpoint 'efficientnet-tiny'" in card and 'timm.create_model("hf-hub:' in card
+
+
+def test_arguments_that_change_the_shape_are_named_not_the_model_itself(tmp_path):
+    """A checkpoint of the very variant asked for, refused because of --model-arg width_mult=0.5: the hint names
+    the arguments, not "--model effnet_v1_b0", which the user already passed."""
+    torch.save(timm.create_model("tf_efficientnet_b0").state_dict(), tmp_path / "t.pth")
+    done = cli("convert", tmp_path / "t.pth", "--from", "timm", "--model", "effnet_v1_b0", "--out", tmp_path / "o",
+               "--padding", "same", "--model-arg", "width_mult=0.5")  # fmt: skip
+    assert done.returncode != 0 and "leave out the arguments that change its shape" in done.stderr, done.stderr
+    assert "--model effnet_v1_b0" not in done.stderr

@@ -80,12 +80,20 @@ def check_fits(
             f"the checkpoint does not fit {model_name} ({len(problems)} differences; first: "
             + "; ".join(problems[:5])
             + ")"
-            + (fits_hint(hint) if hint else ". Check the model name (--model) and the source format (--from)")
+            + (
+                fits_hint(hint, model_name)
+                if hint
+                else ". Check the model name (--model) and the source format (--from)"
+            )
         )
 
 
-def fits_hint(arch: str) -> str:
-    """The sentence that names the variant a mismatching checkpoint does fit."""
+def fits_hint(arch: str, asked: str = "") -> str:
+    """The sentence that names the variant a mismatching checkpoint does fit (``asked``: the model the caller
+    named, when its own arguments, not its name, are what differ)."""
+    if arch == asked.split(".", 1)[0]:
+        return (f". It fits {arch} with that variant's own arguments: leave out the arguments that change its "
+                "shape (width_mult, depth_mult, se_ratio, ...; --model-arg on the command line)")  # fmt: skip
     return f". It fits {arch}: create_model('{arch}', ...), or --model {arch} on the command line"
 
 
