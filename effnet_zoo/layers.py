@@ -166,7 +166,7 @@ class ConvBnAct(nn.Module):
         if bn.weight is not None:
             scale = scale * bn.weight
         mean = bn.running_mean if conv.bias is None else bn.running_mean - conv.bias
-        bias = -mean * scale if bn.bias is None else torch.addcmul(bn.bias, mean, scale, value=-1)
+        bias = -(mean * scale) if bn.bias is None else bn.bias - mean * scale  # addcmul would round differently
         weight = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
         return weight, bias.to(conv.weight.dtype)
 
