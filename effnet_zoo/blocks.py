@@ -64,8 +64,8 @@ class MBConv(nn.Module):
 
     def _gate_inplace(self, x: torch.Tensor) -> bool:
         """May SE gate the depthwise output in place? Not under autograd (backward needs it), and not when
-        anything could hold it: hooks on the depthwise conv's BN, activation or module, or on SE itself."""
+        anything could hold it: hooks on the depthwise ConvBnAct or any of its parts, or on SE itself."""
         if not torch.jit.is_scripting():
             if not torch.is_grad_enabled():
-                return shortcut_allowed(x, self.se, self.dw, self.dw.bn, self.dw.act)
+                return shortcut_allowed(x, self.se, self.dw, self.dw.conv, self.dw.bn, self.dw.act)
         return False

@@ -114,13 +114,18 @@ def create_conv2d(
 
 
 def _act(act_layer: Callable[[], nn.Module] | None) -> nn.Module:
-    """The activation, in place where the module supports it (it always runs on a fresh tensor here)."""
-    if act_layer is None:
-        return nn.Identity()
-    try:
-        return act_layer(inplace=True)
-    except TypeError:
-        return act_layer()
+    """The activation module, out of place: what a hook, a backward hook or a captured input sees is what any
+    ``nn.Module`` gives. Running it in place is a shortcut ``ConvBnAct`` takes when nothing watches."""
+    return nn.Identity() if act_layer is None else act_layer()
+
+
+# The in-place forms ConvBnAct may call instead of an activation module of exactly these types.
+_INPLACE_ACTS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.SiLU: lambda t: F.silu(t, inplace=True),
+    nn.ReLU: torch.relu_,
+    nn.ReLU6: lambda t: F.relu6(t, inplace=True),
+    nn.Hardswish: lambda t: F.hardswish(t, inplace=True),
+}
 
 
 class ConvBnAct(nn.Module):
@@ -183,11 +188,14 @@ class ConvBnAct(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():  # a scripted model runs conv -> BN
-            conv, bn = self.conv, self.bn  # looked up once: this runs for every layer of every forward
-            if self._fast(x, conv, bn):
-                weight, bias = self.fold()
-                return self.act(conv._conv_forward(x, weight, bias))
+        if not torch.jit.is_scripting():  # a scripted model runs conv -> BN -> act as written
+            conv, bn, act = self.conv, self.bn, self.act  # looked up once: this runs for every layer of every forward
+            y = conv._conv_forward(x, *self.fold()) if self._fast(x, conv, bn) else bn(conv(x))
+            # the activation in place on that fresh map, unless someone could hold the map or watches the act
+            inplace = _INPLACE_ACTS.get(type(act))
+            if inplace is not None and shortcut_allowed(y, conv, bn, act):
+                return inplace(y)
+            return act(y)
         return self.act(self.bn(self.conv(x)))
 
 

@@ -72,7 +72,8 @@ def handed_out(y: torch.Tensor, x: torch.Tensor, mirrored: bool) -> torch.Tensor
     """
     if mirrored:
         y = y.flip((-2, -1))
-    if x.is_contiguous() and not y.is_contiguous():
+    # channels_last back only for a channels_last input (one of 1 channel or 1x1 is both: NCHW wins)
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
         y = y.contiguous()
     return y
 
@@ -469,6 +470,8 @@ class EfficientNet(nn.Module):
                     intermediates.append(handed_out(y, x, self.mirrored))
         if not intermediates_only and last_stage == self.stage_ends[-1]:  # the head follows the last stage only
             y = self.head(y)
+        elif len(intermediates) > 0 and last_stage in take_stages:  # the final map is the last level: one tensor
+            return intermediates[-1], intermediates
         return handed_out(y, x, self.mirrored), intermediates
 
     def prune_intermediate_layers(

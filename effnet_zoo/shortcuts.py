@@ -31,9 +31,19 @@ _GLOBAL_HOOKS = (
 )
 
 
-# The functions a shortcut skips, as torch defines them: a profiler that patches one (ptflops, DeepSpeed's flops
-# profiler patch F.batch_norm) must see every call.
+# What a shortcut stands in for, as torch defines it: a profiler or fake-quantizer that patches one of these
+# (ptflops and DeepSpeed's profiler patch F.batch_norm; others patch a class's forward) must see every call.
 _BATCH_NORM = F.batch_norm
+_FORWARDS = {cls: cls.forward for cls in (nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.ReLU, nn.ReLU6, nn.Hardswish)}
+
+
+def _patched() -> bool:
+    if F.batch_norm is not _BATCH_NORM:
+        return True
+    for cls, forward in _FORWARDS.items():
+        if cls.forward is not forward:
+            return True
+    return False
 
 
 def recording() -> bool:
@@ -86,12 +96,12 @@ def _observed(module: nn.Module) -> bool:
 def shortcut_allowed(x: torch.Tensor, *modules: nn.Module) -> bool:
     """May a shortcut that bypasses or overwrites the work of ``modules`` run on input ``x``?
 
-    Only when nothing can tell the difference: no global module hooks, no patched ``F.batch_norm``, none of
+    Only when nothing can tell the difference: no global module hooks, nothing patched (:func:`_patched`), none of
     ``modules`` observed or altered (:func:`_observed`), and plain eager execution (or a ``torch.compile`` trace,
     which follows the Python and the hooks itself), not a recorded graph, a transform or a dispatch mode. Callers
     also test what their own shortcut needs (eval mode, the exact module types it was written for).
     """
-    if any(_GLOBAL_HOOKS) or F.batch_norm is not _BATCH_NORM:
+    if any(_GLOBAL_HOOKS) or _patched():
         return False
     for module in modules:  # a loop, not any(genexpr): this runs for every layer of every forward
         if _observed(module):

@@ -93,19 +93,23 @@ def test_a_hook_that_edits_an_output_takes_effect_and_matches_the_control():
         assert_rel_close(ours, control)
 
 
-def test_a_captured_activation_is_not_overwritten_by_the_in_place_gate():
-    """Grad-CAM and probes keep the depthwise output a hook saw; the SE gate must not modify it afterwards."""
+def test_a_captured_activation_is_not_overwritten_by_the_in_place_shortcuts():
+    """Grad-CAM and probes keep the maps hooks saw: neither the in-place activation nor the SE gate may modify
+    them afterwards (timm's BatchNormAct2d hands out BN + activation as one module's output)."""
     ours, control = _pair()
-    names = _names()
     x = _image()
     captured = {}
-    for model, name in ((ours, "blocks.2.0.dw.bn"), (control, names["blocks.2.0.dw.bn"])):
-        model.get_submodule(name).register_forward_hook(lambda m, i, o, k=model: captured.__setitem__(k, o))
-        with torch.no_grad():
-            model(x)
-    # the control's BN output is then activated in place by its act layer; ours must hold exactly that, ungated
-    control_act = captured[control]
-    assert_rel_close(captured[ours], control_act)
+    for name in ("blocks.2.0.dw.bn", "blocks.2.0.dw.act", "blocks.2.0.dw.conv"):
+        ours.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: captured.__setitem__(name, o))
+    control.get_submodule(_names()["blocks.2.0.dw.bn"]).register_forward_hook(
+        lambda m, i, o: captured.__setitem__("control", o)
+    )
+    with torch.no_grad():
+        ours(x), control(x)
+        bn = ours.blocks[2][0].dw.bn
+        assert_rel_close(captured["blocks.2.0.dw.bn"], bn(captured["blocks.2.0.dw.conv"]))  # the BN's own output
+    assert_rel_close(captured["blocks.2.0.dw.act"], captured["control"])  # activated, not gated
+    assert_rel_close(captured["blocks.2.0.dw.act"], nn.functional.silu(captured["blocks.2.0.dw.bn"]))
 
 
 def _prune_all(model: nn.Module, amount: float = 0.3) -> list[tuple[nn.Module, str]]:
@@ -263,17 +267,15 @@ def test_make_fx_and_fake_tensors_see_the_plain_graph():
 
 
 def test_shortcuts_still_run_when_nothing_watches():
-    """The rule must not disable the fast path itself: without hooks, eval folds BN and gates in place."""
-    ours, _ = _pair()
-    calls = []
-    original = nn.BatchNorm2d.forward
-    nn.BatchNorm2d.forward = lambda self, t: calls.append(1) or original(self, t)
-    try:
-        with torch.no_grad():
-            ours(_image())
-    finally:
-        nn.BatchNorm2d.forward = original
-    assert calls == []  # folded: no BatchNorm module ran
+    """The rule must not disable the fast path itself: unwatched, eval folds every BN (torch's profiler, which
+    neither hooks nor patches anything, sees no batch_norm op run)."""
+    ours, control = _pair()
+    counts = []
+    for model in (ours, control):
+        with torch.no_grad(), torch.profiler.profile() as prof:
+            model(_image())
+        counts.append(sum(e.count for e in prof.key_averages() if e.key == "aten::batch_norm"))
+    assert counts == [0, 49]
 
 
 def test_eval_results_do_not_depend_on_which_path_ran():
@@ -408,3 +410,52 @@ def test_a_timm_features_only_state_dict_loads_into_our_backbone():
     with torch.no_grad():
         for mine, theirs in zip(ours(x), control(x), strict=True):
             assert_rel_close(mine, theirs)
+
+
+def test_full_backward_hooks_on_a_batchnorm_or_activation_work_as_on_the_control():
+    ours, control = _pair()
+    x = _image().requires_grad_()
+    for model, names in ((ours, ("blocks.2.1.dw.bn", "blocks.2.1.dw.act")), (control, ("blocks.2.1.bn2",))):
+        fired = []
+        for name in names:
+            model.get_submodule(name).register_full_backward_hook(lambda m, gi, go, fired=fired: fired.append(m))
+        model(x).sum().backward()
+        assert len(fired) == len(names), type(model).__name__
+    grad_ours = torch.autograd.grad(ours(x).sum(), x)[0]
+    assert_rel_close(grad_ours, torch.autograd.grad(control(x).sum(), x)[0])
+
+
+def test_a_non_contiguous_nchw_input_gives_nchw_maps():
+    ours, control = _pair()
+    crop = torch.randn(2, 3, 128, 128)[:, :, 10:106, 5:101]  # a view: neither NCHW- nor NHWC-contiguous
+    with torch.no_grad():
+        maps = [ours.forward_features(crop), *ours.forward_intermediates(crop, intermediates_only=True)]
+        assert all(t.is_contiguous() for t in maps)
+        assert_rel_close(maps[0], control.forward_features(crop))
+        final, levels = ours.forward_intermediates(_image(), indices=[2], stop_early=True)
+    assert final.data_ptr() == levels[-1].data_ptr()  # the same tensor, as the control returns it
+
+
+def test_a_swapped_out_batchnorm_leaves_a_captured_conv_output_intact():
+    ours, _ = _pair()
+    block = ours.blocks[1][0]
+    block.dw.bn = nn.Identity()  # e.g. fused by hand
+    saved = []
+    block.dw.conv.register_forward_hook(lambda m, i, o: saved.append((o, o.clone())))
+    with torch.no_grad():
+        ours(_image())
+    output, snapshot = saved[0]
+    assert torch.equal(output, snapshot)
+
+
+def test_a_class_level_patch_of_conv_forward_sees_every_convolution():
+    ours, _ = _pair()
+    calls = []
+    original = nn.Conv2d.forward
+    nn.Conv2d.forward = lambda self, t: calls.append(1) or original(self, t)
+    try:
+        with torch.no_grad():
+            ours(_image())
+    finally:
+        nn.Conv2d.forward = original
+    assert len(calls) == sum(isinstance(m, nn.Conv2d) for m in ours.modules()) == 81
