@@ -38,7 +38,8 @@ elif args.aot_autograd:
     from functorch.compile import memory_efficient_fusion
     model = memory_efficient_fusion(model)
 x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
-torch.save(model(x).detach(), args.out)
+with torch.inference_mode():  # as validate.py and benchmark.py run the model
+    torch.save(model(x).clone(), args.out)
 """
 
 
