@@ -175,27 +175,24 @@ class ConvBnAct(nn.Module):
         weight = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
         return weight, bias.to(conv.weight.dtype)
 
-    def _fast(self, x: torch.Tensor, conv: nn.Module, bn: nn.Module) -> bool:
-        """Fold here? The BatchNorm in eval mode on running statistics (its own mode: test-time adaptation sets
-        only the BatchNorms to train), the exact modules the fold was written for, and nothing watching them."""
-        return (
-            not bn.training
-            and type(bn) is nn.BatchNorm2d
-            and bn.running_mean is not None
-            and bn.running_var is not None
-            and type(conv) in _FOLDABLE_CONVS
-            and shortcut_allowed(x, conv, bn)
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # a scripted model runs conv -> BN -> act as written
             conv, bn, act = self.conv, self.bn, self.act  # looked up once: this runs for every layer of every forward
-            y = conv._conv_forward(x, *self.fold()) if self._fast(x, conv, bn) else bn(conv(x))
-            # the activation in place on that fresh map, unless someone could hold the map or watches the act
-            inplace = _INPLACE_ACTS.get(type(act))
-            if inplace is not None and shortcut_allowed(y, conv, bn, act):
-                return inplace(y)
-            return act(y)
+            # one decision for the layer: when anything watches a part of it, the whole layer runs as written
+            if not shortcut_allowed(x, conv, bn, act):
+                return act(bn(conv(x)))
+            # BN folded into the conv: a BatchNorm in eval mode (its own mode: test-time adaptation sets only the
+            # BatchNorms to train) on running statistics, after the exact convs the fold was written for
+            foldable = (
+                not bn.training
+                and type(bn) is nn.BatchNorm2d
+                and bn.running_mean is not None
+                and bn.running_var is not None
+                and type(conv) in _FOLDABLE_CONVS
+            )
+            y = conv._conv_forward(x, *self.fold()) if foldable else bn(conv(x))
+            inplace = _INPLACE_ACTS.get(type(act))  # on the fresh map nobody else holds
+            return act(y) if inplace is None else inplace(y)
         return self.act(self.bn(self.conv(x)))
 
 

@@ -170,7 +170,8 @@ def _accept_timm_layout(module: nn.Module, state_dict: dict, prefix: str, *args:
     from .weights.timm_format import from_timm
 
     ours = {k: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
-    state_dict.update({prefix + k: v for k, v in from_timm({k[len(prefix) :]: v for k, v in ours.items()}).items()})
+    renamed = from_timm({k[len(prefix) :]: v for k, v in ours.items()}, keep_unknown=True)  # strict loads report
+    state_dict.update({prefix + k: v for k, v in renamed.items()})
 
 
 class EfficientNet(nn.Module):

@@ -46,14 +46,6 @@ def _patched() -> bool:
     return False
 
 
-def recording() -> bool:
-    """Inside ``torch.jit.trace`` or an FX symbolic trace: a recorded graph would freeze a Python-side decision
-    (folded weights as constants, a no-grad in-place op replayed under autograd), so record the plain graph."""
-    if torch.compiler.is_compiling():  # dynamo / export trace through the Python: nothing is frozen
-        return False
-    return torch.jit.is_tracing() or _is_fx_symbolic_tracing()
-
-
 def _transformed(x: torch.Tensor) -> bool:
     """A functorch transform (vmap, grad, jvp, functionalize), a dispatch mode (fake tensors, ``make_fx`` / AOT
     autograd, ``FlopCounterMode``, ...) or a tensor subclass: values cannot be read, and ops must be seen as

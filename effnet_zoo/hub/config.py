@@ -4,6 +4,7 @@ before timm builds from it, and the config of any model instance, in our layout 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 from pathlib import Path
@@ -223,36 +224,35 @@ def timm_architecture(architecture: str) -> str:
 
 
 def _timm_model_args(architecture: str, model_args: dict[str, Any]) -> dict[str, Any]:
-    """Our ``model_args`` as ``tf_efficientnet_*`` arguments; ValueError for one timm cannot build."""
+    """Our ``model_args`` as ``tf_efficientnet_*`` arguments; ValueError for one timm cannot build.
+
+    timm's ``tf_efficientnet_*`` shares our defaults (TF padding, eps 1e-3, the variant's activation), except BN
+    momentum (torch's 0.1): what differs from ours is passed on, the structure must be the variant's own.
+    """
+    from ..model import EfficientNet
     from ..scaling import LITE_VARIANTS, VARIANTS
     from ..zoo import LITE_ARGS
 
     variant = architecture.rsplit("_", 1)[-1]
     lite = architecture.startswith("effnet_lite")
     scaling = (LITE_VARIANTS if lite else VARIANTS)[variant]
-    # what timm's tf_efficientnet_* hard-codes: anything else has no timm argument
-    fixed = {"width_mult": scaling.width_mult, "depth_mult": scaling.depth_mult, "se_ratio": None,
-             "fix_stem_head": False, "fix_first_last": False, **(LITE_ARGS if lite else {})}  # fmt: skip
-    fixed.pop("act_layer", None)
-    for key, expected in fixed.items():
-        if model_args.get(key, expected) != expected:
+    ours = {k: p.default for k, p in inspect.signature(EfficientNet).parameters.items()}
+    ours.update(width_mult=scaling.width_mult, depth_mult=scaling.depth_mult, **(LITE_ARGS if lite else {}))
+    for key in ("width_mult", "depth_mult", "se_ratio", "fix_stem_head", "fix_first_last"):  # no timm argument
+        if model_args.get(key, ours[key]) != ours[key]:
             raise ValueError(
                 f"{architecture} with {key}={model_args[key]!r} has no timm equivalent (timm's "
-                f"{timm_architecture(architecture)} builds {key}={expected!r}); save it in the effnet_zoo layout, "
+                f"{timm_architecture(architecture)} builds {key}={ours[key]!r}); save it in the effnet_zoo layout, "
                 "which loads after `import effnet_zoo`"
             )
-    args: dict[str, Any] = {"bn_momentum": model_args.get("bn_momentum", 0.01)}  # timm's default is torch's 0.1
-    if model_args.get("padding", "same") != "same":
-        args["pad_type"] = ""  # symmetric
-    if model_args.get("bn_eps", 1e-3) != 1e-3:
-        args["bn_eps"] = model_args["bn_eps"]
-    act = model_args.get("act_layer", "relu6" if lite else "silu")
-    if act != ("relu6" if lite else "silu"):
-        args["act_layer"] = act
-    defaults = dict(in_chans=3, drop_rate=0.0, drop_path_rate=0.0, output_stride=32, global_pool="avg")
-    for key, default in defaults.items():
-        if model_args.get(key, default) != default:
-            args[key] = model_args[key]
+    args: dict[str, Any] = {"bn_momentum": model_args.get("bn_momentum", ours["bn_momentum"])}
+    timm_names = {"padding": "pad_type"}
+    for key in ("padding", "bn_eps", "act_layer", "in_chans", "drop_rate", "drop_path_rate", "output_stride",
+                "global_pool"):  # fmt: skip
+        if model_args.get(key, ours[key]) != ours[key]:
+            args[timm_names.get(key, key)] = model_args[key]
+    if "pad_type" in args:
+        args["pad_type"] = ""  # symmetric, timm's name for it
     return args
 
 
@@ -277,20 +277,18 @@ def timm_native(model: nn.Module, config: dict[str, Any]) -> tuple[dict[str, tor
     return state, native
 
 
-def check_layout(model: nn.Module, layout: str) -> None:
-    """Refuse, before any work is done, a layout this model cannot be saved in (ValueError saying why)."""
+def check_layout(architecture: str, layout: str, model_args: dict[str, Any] | None = None) -> None:
+    """Refuse, before any work is done, a layout a model cannot be saved in (ValueError saying why); without
+    ``model_args``, only what the architecture's name decides."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     if layout == "timm":
-        architecture = model.pretrained_cfg["architecture"]
         timm_architecture(architecture)
-        _timm_model_args(architecture, model_args_of(model))
+        if model_args is not None:
+            _timm_model_args(architecture, model_args)
 
 
 def in_layout(model: nn.Module, config: dict[str, Any], layout: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(weights, config) of a model folder in ``layout``: ``effnet_zoo`` (ours) or ``timm`` (timm's own)."""
-    if layout == "effnet_zoo":
-        return model.state_dict(), config
-    if layout == "timm":
-        return timm_native(model, config)
-    raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    check_layout(config["architecture"], layout)
+    return timm_native(model, config) if layout == "timm" else (model.state_dict(), config)

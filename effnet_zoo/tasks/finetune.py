@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .._io import atomic_write, atomic_write_text, check_output
 from ..hub import save_pretrained
-from ..hub.config import check_layout
+from ..hub.config import check_layout, model_args_of
 from ..weights.torch_file import torch_load_error
 from ..zoo import paper_regularization
 from .common import architecture_of, autocast, count, load_pretrained, resolve_device
@@ -286,7 +286,7 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
     if cfg.drop_rate is not None:
         kwargs["drop_rate"] = cfg.drop_rate
     model = load_pretrained(cfg.model, **kwargs).to(env.device)
-    check_layout(model, cfg.layout)  # refused now, not after the last epoch
+    check_layout(model.pretrained_cfg["architecture"], cfg.layout, model_args_of(model))  # now, not at the end
     # on a GPU, bf16 autocast and NHWC are what EfficientNet trains fastest with; on the CPU, fp32 (the model runs
     # NHWC inside by itself)
     on_gpu = env.device.type == "cuda"

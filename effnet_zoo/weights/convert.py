@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._io import check_output
-from ..hub.config import LAYOUTS, export_config, in_layout, timm_architecture
+from ..hub.config import check_layout, export_config, in_layout
 from ..hub.folders import DTYPES, model_card, write_model_folder
 from . import keras_h5, lukemelas, seed, tf_ckpt, timm_format, torchvision_format, transformers_format
 from .common import ConversionError, Converted, fits, fits_hint, load_checked, shapes_of
@@ -76,13 +76,10 @@ def convert(
         raise ConversionError(
             f"unknown model {model_name!r}; expected one of {', '.join(timm.list_models('effnet_*'))}"
         )
-    if layout not in LAYOUTS:
-        raise ConversionError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
-    if layout == "timm":
-        try:
-            timm_architecture(arch)
-        except ValueError as e:
-            raise ConversionError(str(e)) from e
+    try:
+        check_layout(arch, layout)
+    except ValueError as e:
+        raise ConversionError(str(e)) from e
     user_args = dict(model_args or {})
 
     with torch.device("meta"):  # the block structure, to map flat source numbering onto it

@@ -48,32 +48,32 @@ def _rename(
     blocks: dict[bool, dict[str, str]],
     top: dict[str, str],
     layout: str,
+    keep_unknown: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Rename module by module, in order: a block's modules through ``blocks[does it expand]`` (a block expands
-    when it holds ``expand_module``), the stem and head through ``top``; the classifier keeps its name."""
+    when it holds ``expand_module``), the stem and head through ``top``; the classifier keeps its name. A key of
+    neither is an error, or with ``keep_unknown`` kept as it is (for ``load_state_dict`` to report or ignore)."""
     expanding = {m.group(1) for k in state_dict if (m := _BLOCK_KEY.match(k)) and m.group(2) == expand_module}
     out = {}
     for key, value in state_dict.items():
-        if m := _BLOCK_KEY.match(key):
-            block, module, param = m.groups()
-            table = blocks[block in expanding]
-            if module not in table:
-                raise KeyError(f"unexpected key {key!r} in {layout} EfficientNet state dict")
-            out[f"{block}.{table[module]}.{param}"] = value
-            continue
         module, _, param = key.rpartition(".")
-        if module == "classifier":
-            out[key] = value
-        elif module in top:
-            out[f"{top[module]}.{param}"] = value
+        if m := _BLOCK_KEY.match(key):
+            block, inner, param = m.groups()
+            table = blocks[block in expanding]
+            renamed = f"{block}.{table[inner]}.{param}" if inner in table else None
         else:
-            raise KeyError(f"unexpected key {key!r} in {layout} EfficientNet state dict")
+            renamed = key if module == "classifier" else f"{top[module]}.{param}" if module in top else None
+        if renamed is None:
+            if not keep_unknown:
+                raise KeyError(f"unexpected key {key!r} in {layout} EfficientNet state dict")
+            renamed = key
+        out[renamed] = value
     return out
 
 
-def from_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def from_timm(state_dict: dict[str, torch.Tensor], keep_unknown: bool = False) -> dict[str, torch.Tensor]:
     """Rename a timm EfficientNet state dict to our keys; tensors are shared, not copied."""
-    return _rename(state_dict, "conv_pwl", {True: _EXPANDING, False: _DEPTHWISE}, _TOP, "a timm")
+    return _rename(state_dict, "conv_pwl", {True: _EXPANDING, False: _DEPTHWISE}, _TOP, "a timm", keep_unknown)
 
 
 def _inverse(table: dict[str, str]) -> dict[str, str]:
