@@ -56,7 +56,7 @@ class MBConv(nn.Module):
             x = self.expand(x)
         x = self.dw(x)
         if self.se is not None:
-            x = self.se(x, self._gate_inplace(x))
+            x = self.se(x, True) if self._gate_inplace(x) else self.se(x)  # any module swapped in gets (x)
         x = self.project(x)
         if self.has_shortcut:
             x = self.drop_path(x) + shortcut
@@ -66,6 +66,6 @@ class MBConv(nn.Module):
         """May SE gate the depthwise output in place? Not under autograd (backward needs it), and not when
         anything could hold it: hooks on the depthwise ConvBnAct or any of its parts, or on SE itself."""
         if not torch.jit.is_scripting():
-            if not torch.is_grad_enabled():
+            if not torch.is_grad_enabled() and type(self.se) is SqueezeExcite:
                 return shortcut_allowed(x, self.se, self.dw, self.dw.conv, self.dw.bn, self.dw.act)
         return False

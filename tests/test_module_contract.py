@@ -338,10 +338,11 @@ def test_writes_that_bypass_version_counters_are_seen(edit):
         assert_rel_close(ours(x), control(x))
 
 
-def _fresh_copy(model: nn.Module) -> nn.Module:
-    copy_ = timm.create_model("effnet_v1_b0").eval()
-    copy_.load_state_dict(model.state_dict())
-    return copy_
+def _control_with(model: nn.Module) -> nn.Module:
+    """timm's TF port holding ``model``'s weights as they are now: the independent reference."""
+    control = timm.create_model("tf_efficientnet_b0").eval()
+    control.load_state_dict(to_timm(model.state_dict()))
+    return control
 
 
 def test_a_fused_optimizer_step_and_re_estimated_statistics_are_seen():
@@ -357,10 +358,11 @@ def test_a_fused_optimizer_step_and_re_estimated_statistics_are_seen():
         ours(_image(4, 64))
     ours.eval()
     with torch.no_grad():
-        assert_rel_close(ours(x), _fresh_copy(ours)(x), 1e-6)
+        assert_rel_close(ours(x), _control_with(ours)(x))
 
 
 def test_a_batchnorm_without_affine_parameters_swapped_in_runs_as_written():
+    """The reference is torch's own modules run as written (a global hook turns every shortcut off)."""
     ours, _ = _pair()
     x = _image()
     bn = nn.BatchNorm2d(144, eps=1e-3, affine=False).eval()
@@ -459,3 +461,13 @@ def test_a_class_level_patch_of_conv_forward_sees_every_convolution():
     finally:
         nn.Conv2d.forward = original
     assert len(calls) == sum(isinstance(m, nn.Conv2d) for m in ours.modules()) == 81
+
+
+def test_a_module_swapped_in_for_se_is_called_as_any_module():
+    """Ablations replace SE with nn.Identity or another module: it is called with the map alone."""
+    ours, control = _pair()
+    for model in (ours, control):  # both name the block blocks.3.0 and its SE module se
+        model.blocks[3][0].se = nn.Identity()
+    x = _image()
+    with torch.no_grad():
+        assert_rel_close(ours(x), control(x))
