@@ -137,7 +137,7 @@ class ConvBnAct(nn.Module):
     fused optimizers, ``.data``, running statistics updated by BatchNorm itself, a new ``eps``); on B0 that costs
     5-9% at batch 1 and 2-4% at 16 on a 2-core CPU. Under autograd gradients reach the conv and BN parameters through
     it. It runs only where :func:`~effnet_zoo.shortcuts.shortcut_allowed` says nothing can tell: with a hook,
-    parametrization or pruning mask on ``conv`` or ``bn``, under ``torch.func`` / ``make_fx`` / fake tensors, in
+    parametrization or pruning mask on any part, under ``torch.func`` / ``make_fx`` / fake tensors, in
     recorded graphs (``torch.jit.trace``, FX) and in scripted models, the modules run as written: conv -> BN -> act.
     """
 
