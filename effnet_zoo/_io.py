@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -27,10 +28,43 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+# Below this many free bytes, a failed write is taken for a full disk: torch.save then reports only
+# "[enforce fail at inline_container.cc] unexpected pos", safetensors "I/O error".
+_NEARLY_FULL = 16 * 2**20
+
+
+def disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether ``error``, raised while writing into ``folder``, comes from a full disk (or quota)."""
+    for e in (error, error.__cause__, error.__context__):
+        if e is None:
+            continue
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
+            return True
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL
+    except OSError:
+        return False
+
+
+def full_disk_error(path: Path, error: BaseException) -> OSError:
+    """The one message for a write that ran out of space: where, and that nothing of the user's was lost."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:,.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return OSError(
+        errno.ENOSPC,
+        f"no space left on the disk holding {path.parent} ({free}) while writing {path.name}; nothing was lost: "
+        f"{path.name} is as it was before (or was never there) and the partial copy was removed. Free some space "
+        f"and run again ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})",
+    )
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write`` on a temporary file in ``path``'s folder, then rename it over ``path``.
 
-    A kill or an exception at any point leaves the previous ``path`` (or none) in place, never a partial one.
+    A kill or an exception at any point leaves the previous ``path`` (or none) in place, never a partial one; a
+    full disk is reported as such.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,6 +74,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     try:
         write(Path(tmp))
         os.replace(tmp, path)
+    except Exception as e:
+        full = disk_full(e, path.parent)  # asked before the partial file goes, while the disk is still full
+        Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise full_disk_error(path, e) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

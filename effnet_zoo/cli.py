@@ -7,7 +7,9 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
 from typing import Any
 
@@ -341,9 +343,20 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:  # noq
     return f"effnet-zoo: warning: {message}\n"
 
 
+class Terminated(BaseException):
+    """SIGTERM (sent by `timeout`, docker stop, SLURM, torchrun), raised where the program is, so that every
+    ``finally`` runs: temporary files are removed and the run lock is released, as for Ctrl-C."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _warning_line  # one line a user can read, not a source location
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         code = args.func(args)
         sys.stdout.flush()  # here, where a closed pipe can still be handled
@@ -358,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # outputs are written atomically, so an interrupt leaves nothing half-written
         print("effnet-zoo: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("effnet-zoo: terminated (SIGTERM); temporary files removed", file=sys.stderr)
+        return 143  # 128 + SIGTERM
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

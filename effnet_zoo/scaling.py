@@ -105,9 +105,16 @@ def scaling_from_phi(
     """
     if not math.isfinite(phi) or phi < 0:
         raise ValueError(f"phi must be a finite number >= 0 (B0 is phi=0), got {phi!r}")
-    resolution = int(round(base_resolution * gamma**phi / 8.0)) * 8
+    try:
+        resolution = int(round(base_resolution * gamma**phi / 8.0)) * 8
+        width, depth = round(beta**phi, 6), round(alpha**phi, 6)
+    except OverflowError:  # gamma**phi past the float range (phi ~ 5000): no network of that size can exist
+        raise ValueError(
+            f"phi={phi!r} scales past any network that can be built (width x{beta}^phi, depth x{alpha}^phi); "
+            "the published variants are phi 0 (B0) to about 7 (B7)"
+        ) from None
     dropout = round(min(0.5, 0.2 + 0.05 * phi), 4)
-    return Scaling(round(beta**phi, 6), round(alpha**phi, 6), resolution, dropout)
+    return Scaling(width, depth, resolution, dropout)
 
 
 def scale_stages(

@@ -464,10 +464,14 @@ def test_outputs_get_the_users_permissions_and_force_leaves_nothing_behind(tmp_p
         assert atomic_write_text(tmp_path / "notes.txt", "x").stat().st_mode & 0o777 == 0o644
         (tmp_path / "file").write_text("old")
         (tmp_path / "link").symlink_to(tmp_path / "notes.txt")
-        for target in ("file", "link"):
-            effnet_zoo.save_pretrained(model, tmp_path / target, force=True)
-            assert (tmp_path / target).is_dir()
-        assert (tmp_path / "notes.txt").read_text() == "x"  # the link went, not what it pointed to
+        for target in ("file", "link"):  # --force replaces only a model folder of ours: never a user's file
+            with pytest.raises(FileExistsError, match="replaces only a model folder effnet-zoo wrote"):
+                effnet_zoo.save_pretrained(model, tmp_path / target, force=True)
+        assert (tmp_path / "file").read_text() == "old" and (tmp_path / "link").is_symlink()
+        before = (folder / "model.safetensors").stat().st_ino
+        effnet_zoo.save_pretrained(model, folder, force=True)  # our own folder: replaced, nothing left beside it
+        assert (folder / "model.safetensors").stat().st_ino != before
+        assert (tmp_path / "notes.txt").read_text() == "x"
         assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     finally:
         os.umask(previous)
@@ -491,7 +495,7 @@ def test_force_never_replaces_the_inputs_or_other_peoples_files(tmp_path):
     (other / "table.csv").write_text("a,b")
     result = cli("convert", src, "--from", "timm", "--model", "effnet_v1_b0", "--out", other, "--padding", "same",
                  "--force")  # fmt: skip
-    assert result.returncode == 2 and "holds files effnet-zoo did not write (table.csv)" in result.stderr
+    assert result.returncode == 2 and "a folder holding files effnet-zoo did not write (table.csv)" in result.stderr
     assert {p: p.read_bytes() for p in before} == before and (other / "table.csv").read_text() == "a,b"
 
     folder = effnet_zoo.save_pretrained(timm.create_model("effnet_v1_b0", num_classes=3), tmp_path / "m")

@@ -7,6 +7,7 @@ import functools
 import inspect
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,21 +54,151 @@ def hub_config(model_name: str) -> dict[str, Any]:
     }
 
 
-def check_model_config(path: Path) -> dict[str, Any]:
-    """A folder's ``config.json``, checked before timm builds from it: one error naming the file and the key.
+# Bounds on what a config.json may ask for. Every route that reads one (local-dir:, hf-hub:, a registered tag, a
+# pretrained_cfg passed in Python, the command line) checks it against these before anything is allocated.
+MAX_CONFIG_BYTES = 8 * 2**20  # ImageNet-22k's 21,843 label names with descriptions take about 1.5 MB
+MAX_INPUT_SIDE = 1600  # twice EfficientNet-L2's 800 px; [3, 12000, 12000] took 7.3 GB in predict
+MIN_CROP_PCT = 0.25  # the eval resize is input / crop_pct: 0.01 resized a photo to 22400 px (3.6 GB)
+MAX_CLASSES = 100_000  # ImageNet-22k has 21,843
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos")  # what timm's eval transform takes
+CROP_MODES = ("center", "squash", "border")
+# A Hub license identifier (apache-2.0, mit, cc-by-nc-4.0, other): written into the model card's YAML header, so
+# nothing else may pass (a newline there injected keys such as `widget:` / `inference:`)
+LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 
-    timm reads these fields without checking them, so a wrong type surfaced as a raw TypeError / KeyError /
-    AttributeError from deep inside the build.
-    """
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A ``config.json`` as a dict, read only if it is a regular file of at most MAX_CONFIG_BYTES (a FIFO would
+    block, a 2 GB file took 4.8 GB of memory); one ValueError naming the file otherwise."""
+    from ..weights.common import special_file
+
+    if kind := special_file(path):
+        raise ValueError(f"{path} is {kind}, not a regular file: a model folder's config.json must be a file")
     try:
-        config = json.loads(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(
+                f"{path} is {size:,} bytes, over the {MAX_CONFIG_BYTES:,} a model config can need (ImageNet-22k's "
+                "labels take 1.5 MB); it is not a model folder's config.json"
+            )
+        with open(path, "rb") as f:
+            config = json.loads(f.read(MAX_CONFIG_BYTES + 1).decode("utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot be read ({e})") from e
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); save the model again with effnet_zoo") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: the file should be a JSON object, got {_shown(config)}")
+    return config
+
+
+def _shown(value: Any) -> str:
+    """A value from a config, short and printable, for an error message."""
+    from ..tasks.common import printable
+
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return printable(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def pretrained_cfg_problems(cfg: dict[str, Any], in_chans: int = 3) -> list[tuple[str, str, Any]]:
+    """(key, what it should be, what it is) for each preprocessing / label field that timm or the tasks would
+    crash on or turn into nonsense (a KeyError deep in the transform, a 22400 px resize, a shuttle for a cat)."""
+    problems: list[tuple[str, str, Any]] = []
+    for key in ("input_size", "test_input_size", "min_input_size"):
+        size = cfg.get(key)
+        if size is not None and not (
+            isinstance(size, (list, tuple))
+            and len(size) == 3
+            and _whole(size[0], 1, 2**16)
+            and all(_whole(v, 1, MAX_INPUT_SIDE) for v in size[1:])
+        ):
+            problems.append((key, f"[channels, height, width], whole numbers, sides at most {MAX_INPUT_SIDE}", size))
+    for key in ("crop_pct", "test_crop_pct"):
+        value = cfg.get(key)
+        if value is not None and not (_number(value) and MIN_CROP_PCT <= value <= 1):
+            problems.append((key, f"a number in [{MIN_CROP_PCT}, 1] (the published models use 0.875-0.96)", value))
+    value = cfg.get("interpolation")
+    if value is not None and value not in INTERPOLATIONS:
+        problems.append(("interpolation", f"one of {', '.join(INTERPOLATIONS)}", value))
+    value = cfg.get("crop_mode")
+    if value is not None and value not in CROP_MODES:
+        problems.append(("crop_mode", f"one of {', '.join(CROP_MODES)}", value))
+    # one value per input channel; timm keeps the RGB triple for in_chans != 3 models, and one value broadcasts
+    lengths = sorted({1, 3, in_chans})
+    for key in ("mean", "std"):
+        value = cfg.get(key)
+        if value is not None and not (
+            isinstance(value, (list, tuple))
+            and len(value) in lengths
+            and all(_number(v) and (key == "mean" or v > 0) for v in value)
+        ):
+            what = "numbers" if key == "mean" else "numbers > 0"
+            problems.append((key, f"a list of {' or '.join(map(str, lengths))} {what} (one per input channel)", value))
+    num_classes = cfg.get("num_classes")
+    if num_classes is not None and not _whole(num_classes, 0, MAX_CLASSES):
+        problems.append(("num_classes", f"a whole number in [0, {MAX_CLASSES:,}]", num_classes))
+        num_classes = None
+    labels = cfg.get("label_names")
+    if labels is not None and not (
+        isinstance(labels, (list, tuple))
+        and all(isinstance(n, str) for n in labels)
+        and (num_classes is None or len(labels) == num_classes)
+    ):
+        problems.append(("label_names", f"a list of {num_classes or 'num_classes'} strings, one per class", labels))
+    descriptions = cfg.get("label_descriptions")
+    if descriptions is not None and not (
+        isinstance(descriptions, dict) and all(isinstance(v, str) for v in descriptions.values())
+    ):
+        problems.append(("label_descriptions", "an object mapping label names to strings", descriptions))
+    pool = cfg.get("pool_size")
+    if pool is not None and not (
+        isinstance(pool, (list, tuple)) and len(pool) == 2 and all(_whole(v, 1, MAX_INPUT_SIDE) for v in pool)
+    ):
+        problems.append(("pool_size", "[height, width], two whole numbers", pool))
+    for key in ("first_conv", "classifier", "tag", "architecture"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], str):
+            problems.append((key, "a string", cfg[key]))
+    license_id = cfg.get("license")
+    if license_id is not None and not (isinstance(license_id, str) and LICENSE_ID.fullmatch(license_id)):
+        problems.append(("license", "a Hub license identifier (apache-2.0, mit, cc-by-4.0, other, ...)", license_id))
+    return problems
+
+
+def check_pretrained_cfg(cfg: dict[str, Any], source: str, in_chans: int = 3, prefix: str = "") -> None:
+    """Raise one ValueError naming ``source`` and the first bad field of a model's pretrained_cfg."""
+    if problems := pretrained_cfg_problems(cfg, in_chans):
+        key, expected, value = problems[0]
+        raise ValueError(f"{source}: '{prefix}{key}' should be {expected}, got {_shown(value)}")
+
+
+def _model_arg_keys(architecture: str) -> set[str] | None:
+    """The ``model_args`` an architecture of ours takes (None for timm's own, whose builder checks its own)."""
+    if not architecture.startswith("effnet_"):
+        return None
+    from ..model import EfficientNet
+    from ..zoo import TIMM_ALIASES
+
+    return set(inspect.signature(EfficientNet).parameters) - {"device", "dtype", "stages"} | set(TIMM_ALIASES)
+
+
+def check_config(config: Any, source: str) -> dict[str, Any]:
+    """The one validation of a model config (a folder's or a Hub repo's config.json): a ValueError naming
+    ``source`` and the key for anything timm would crash on deep inside the build, or that would only give
+    nonsense. Returns ``config``."""
 
     def bad(key: str, expected: str, value: Any) -> ValueError:
-        return ValueError(f"{path}: {key} should be {expected}, got {json.dumps(value)[:80]}")
+        return ValueError(f"{source}: {key} should be {expected}, got {_shown(value)}")
 
     if not isinstance(config, dict):
         raise bad("the file", "a JSON object", config)
@@ -81,43 +212,59 @@ def check_model_config(path: Path) -> dict[str, Any]:
             arch,
         )
     for key in ("num_classes", "num_features"):
-        if key in config and (not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 0):
-            raise bad(f"'{key}'", "a whole number >= 0", config[key])
-    for key in ("model_args", "pretrained_cfg"):
+        if key in config and not _whole(config[key], 0, MAX_CLASSES if key == "num_classes" else 2**20):
+            limit = f"{MAX_CLASSES:,}" if key == "num_classes" else f"{2**20:,}"
+            raise bad(f"'{key}'", f"a whole number in [0, {limit}]", config[key])
+    for key in ("model_args", "pretrained_cfg", "label_descriptions"):
         if key in config and not isinstance(config[key], dict):
             raise bad(f"'{key}'", "a JSON object", config[key])
-    cfg = config.get("pretrained_cfg", {})
-    size = cfg.get("input_size")
-    if size is not None and not (
-        isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size)
-    ):
-        raise bad("'pretrained_cfg.input_size'", "[channels, height, width] of positive whole numbers", size)
+    if "global_pool" in config and not isinstance(config["global_pool"], str):
+        raise bad("'global_pool'", "a timm pool type ('avg', 'max', ...)", config["global_pool"])
     model_args = config.get("model_args", {})
+    known = _model_arg_keys(arch)
+    if known is not None and (unknown := sorted(set(model_args) - known)):
+        raise ValueError(
+            f"{source}: 'model_args' holds {_shown(unknown[0])}, which {arch} does not take (it takes "
+            f"{', '.join(sorted(known))})"
+        )
     for key in sorted(ARGUMENT_RANGES.keys() & model_args.keys()):
         expected = argument_problem(key, model_args[key])
         if expected:
             raise bad(f"'model_args.{key}'", expected, model_args[key])
-    # One value per input channel; timm keeps the RGB triple for in_chans != 3 models, and one value broadcasts.
-    lengths = sorted({1, 3, model_args.get("in_chans", 3)})
-    for key in ("mean", "std"):
-        value = cfg.get(key)
-        if value is not None and not (
-            isinstance(value, list)
-            and len(value) in lengths
-            and all(isinstance(v, (int, float)) and math.isfinite(v) and (key == "mean" or v > 0) for v in value)
-        ):
-            what = "numbers" if key == "mean" else "numbers > 0"
-            count = " or ".join(map(str, lengths))
-            raise bad(f"'pretrained_cfg.{key}'", f"a list of {count} {what} (one per input channel)", value)
+    for key in ("padding", "global_pool", "pad_type"):
+        if key in model_args and not isinstance(model_args[key], str):
+            raise bad(f"'model_args.{key}'", "a string", model_args[key])
+    for key in ("fix_stem_head", "fix_first_last"):
+        if key in model_args and not isinstance(model_args[key], bool):
+            raise bad(f"'model_args.{key}'", "true or false", model_args[key])
+    for key in ("se_ratio", "stem_channels", "head_channels", "output_stride"):
+        value = model_args.get(key)
+        if value is not None and not (_number(value) and value >= 0):
+            raise bad(f"'model_args.{key}'", "a number >= 0", value)
     act = model_args.get("act_layer")
     if act is not None:
         from timm.layers import get_act_layer
 
         try:
+            if not isinstance(act, str):
+                raise TypeError(act)
             get_act_layer(act)
         except (ValueError, KeyError, TypeError, AssertionError) as e:
             raise bad("'model_args.act_layer'", "a timm activation name ('silu', 'relu6', ...)", act) from e
+    cfg = {**config.get("pretrained_cfg", {})}
+    for key in ("num_classes", "label_names", "label_descriptions"):  # timm moves these into pretrained_cfg
+        if key in config:
+            cfg[key] = config[key]
+    in_chans = model_args.get("in_chans", 3)
+    for key, expected, value in pretrained_cfg_problems(cfg, in_chans):
+        top = key in ("label_names", "label_descriptions") or (key == "num_classes" and "num_classes" in config)
+        raise bad(f"'{key if top else 'pretrained_cfg.' + key}'", expected, value)
     return config
+
+
+def check_model_config(path: Path) -> dict[str, Any]:
+    """A folder's ``config.json``, read within bounds and checked before timm builds from it."""
+    return check_config(read_config_file(path), str(path))
 
 
 def pretrained_names() -> list[str]:

@@ -78,6 +78,54 @@ def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
         return torch.export.load(f).module()(x)
 
 
+def _export_kind(path: Path) -> str | None:
+    """Which of our formats the regular file ``path`` holds, from its structure; None for anything else."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                tails = {name.split("/", 1)[-1] for name in z.namelist()}
+        except (zipfile.BadZipFile, OSError):
+            return None
+        if "archive_format" in tails and "models/model.json" in tails:
+            return "torch-export"
+        if "constants.pkl" in tails and any(t.startswith("code/") for t in tails):
+            return "torchscript"  # a plain torch.save (a checkpoint) has no code/ folder
+        return None
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises DecodeError and others on what is not an ONNX protobuf
+        return None
+    return "onnx" if len(model.graph.node) else None
+
+
+def check_replaceable_export(path: Path, fmt: str) -> None:
+    """``--force`` replaces only a previous export of the same format: never a model folder's weights, a
+    checkpoint, a file of another kind, a link or a special file (a TorchScript file written over a folder's
+    model.safetensors made the folder unloadable)."""
+    from ..hub.config import CONFIG_NAME
+    from ..weights.torch_file import WEIGHT_FILES
+
+    if not path.exists() and not path.is_symlink():
+        return
+    check_replaceable_file(path)
+    if path.is_symlink():
+        raise FileExistsError(f"{path} is a symbolic link; --force replaces only a file export wrote: choose "
+                              "another path")  # fmt: skip
+    if path.name in WEIGHT_FILES or path.name == CONFIG_NAME or (path.parent / CONFIG_NAME).exists():
+        raise FileExistsError(
+            f"{path} is part of a model folder ({path.parent}); --force never replaces a model's own files: "
+            "choose another path for the export"
+        )
+    kind = _export_kind(path)
+    if kind != fmt:
+        what = f"a {kind} export" if kind else "not a file that export writes"
+        raise FileExistsError(f"{path} is {what}; --force replaces only a previous {fmt} export: choose another path")
+
+
 def export(
     model_name: str,
     fmt: str,
@@ -91,9 +139,9 @@ def export(
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
     out_path = Path(out)
-    if out_path.exists() and not force:
+    if (out_path.exists() or out_path.is_symlink()) and not force:
         raise FileExistsError(f"{out} exists; pass --force to replace it")
-    check_replaceable_file(out_path)
+    check_replaceable_export(out_path, fmt)
     model = load_pretrained(model_name).eval()
     fast = optimize_for_inference(model)
     cfg = resolve_data_config({}, model=model)

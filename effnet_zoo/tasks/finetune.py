@@ -24,19 +24,20 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from timm.data import create_dataset, create_loader, resolve_data_config
+from timm.data import create_loader, resolve_data_config
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3, random_seed
 from torch import nn
 from tqdm import tqdm
 
-from .._io import atomic_write, atomic_write_text, check_output
+from .._io import atomic_write, atomic_write_text, check_output, remove
 from ..hub import save_pretrained
 from ..hub.config import check_layout, model_args_of
+from ..weights.common import check_fits, require_regular_file
 from ..weights.torch_file import torch_load_error
 from ..zoo import paper_regularization
-from .common import architecture_of, autocast, count, load_pretrained, resolve_device
+from .common import architecture_of, autocast, count, image_folder, load_pretrained, printable, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -109,10 +110,13 @@ def _dataset(root: Path, split: str, classes: list[str] | None = None):
     folder = root / split
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is missing; --data must hold train/<class>/<image> and val/<class>/<image>")
-    ds = create_dataset("", root=str(folder), split="", class_map=({c: i for i, c in enumerate(classes)} if classes
-                                                                    else None))  # fmt: skip
+    ds = image_folder(folder, {c: i for i, c in enumerate(classes)} if classes else None)
     if len(ds) == 0:
         raise ValueError(f"no images found under {folder}")
+    unreadable = ds.reader.unreadable
+    if unreadable:  # FIFOs, devices, huge files: never opened (a FIFO hung the run)
+        shown = "; ".join(f"{printable(p)}: {why}" for p, why in unreadable[:3])
+        warnings.warn(f"{count(len(unreadable), 'file')} in {printable(str(folder))} left out: {shown}", stacklevel=2)
     return ds
 
 
@@ -183,7 +187,57 @@ def _fitting_batch_size(batch_size: int, images: int, world: int, main: bool = T
     return fitting
 
 
+# What a checkpoint.pt of ours holds; a file without these keys is someone else's (or damaged).
+CHECKPOINT_KEYS = ("epoch", "updates", "history", "classes", "config", "model", "optimizer", "scheduler")
+
+
+def _read_checkpoint(path: Path, device: torch.device | str = "cpu", mmap: bool = False) -> dict:
+    """A checkpoint this command wrote, loaded without running code; ValueError if the file is not one."""
+    redo = "restore it, or start over with --force"
+    require_regular_file(path, "--resume: the checkpoint")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except Exception as e:  # damaged by hand or by the disk: checkpoints are written atomically
+        raise torch_load_error(path, e, redo) from e
+    missing = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else list(CHECKPOINT_KEYS)
+    if missing:
+        raise ValueError(
+            f"{path} is not a checkpoint effnet-zoo finetune wrote (a {type(state).__name__} without "
+            f"{', '.join(missing[:4])}); {redo}"
+        )
+    return state
+
+
+def _not_our_run_file(path: Path) -> str | None:
+    """Why ``path`` in a run folder is not something a run of ours wrote (so --force must keep it); None if ours."""
+    from ..hub.folders import not_our_model_folder
+
+    if path.name == LOCK:
+        return None
+    if path.name == FINAL:
+        return not_our_model_folder(path)
+    if path.is_symlink() or not path.is_file():
+        return "not a regular file" if path.name in (CHECKPOINT, METRICS) else "not a file a run writes"
+    if path.name == CHECKPOINT:
+        try:
+            _read_checkpoint(path, mmap=True)  # mmap: the header and keys, not the tensors' bytes
+        except (ValueError, OSError) as e:
+            return f"not a checkpoint a run wrote ({str(e).split('; ')[0]})"
+        return None
+    if path.name == METRICS:
+        try:
+            lines = path.read_text().splitlines() if path.stat().st_size < 2**24 else ["x"]
+            if all(isinstance(json.loads(line), dict) and "epoch" in json.loads(line) for line in lines):
+                return None
+        except (OSError, ValueError):
+            pass
+        return "not the metrics a run writes"
+    return "not a file a run writes"
+
+
 def _check_run_dir(out: Path, resume: bool, force: bool) -> None:
+    """Decide, before any training, whether the run may write into ``out``: --force replaces only what a run of
+    ours wrote (a user's own checkpoint.pt or model/ folder is refused now, not after the last epoch)."""
     ckpt = out / CHECKPOINT
     if resume and not ckpt.exists():
         raise FileNotFoundError(f"--resume: {ckpt} does not exist; start the run without --resume")
@@ -192,6 +246,17 @@ def _check_run_dir(out: Path, resume: bool, force: bool) -> None:
             raise FileExistsError(
                 f"{out} already holds a run; continue it with --resume, or pass --force to start over in it"
             )
+        foreign = [(p.name, why) for p in sorted(out.iterdir()) if (why := _not_our_run_file(p))]
+        if foreign:
+            shown = "; ".join(f"{name}: {why}" for name, why in foreign[:3])
+            raise FileExistsError(
+                f"{out} holds what a finetune run did not write ({shown}); --force replaces only a run's own "
+                f"{CHECKPOINT}, {METRICS} and {FINAL}/: move those files, or choose another --out"
+            )
+    if resume:
+        _not_our_final = _not_our_run_file(out / FINAL) if (out / FINAL).exists() else None
+        if _not_our_final:
+            raise FileExistsError(f"{out / FINAL} is {_not_our_final}; the run would replace it at the end: move it")
 
 
 def evaluate(model: nn.Module, loader, device: torch.device, amp: bool) -> dict[str, float]:
@@ -247,15 +312,38 @@ def _run_lock(out: Path, main: bool):
                 "choose another --out"
             ) from None
         f.seek(0)
+        previous = f.read().strip()
+        f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
         f.flush()
+        if previous:  # the lock file of a run that was killed (SIGKILL, power loss): its lock died with it
+            leftovers = _remove_leftovers(out)
+            warnings.warn(
+                f"took over {out / LOCK} from finetune pid {printable(previous)}, which is no longer running"
+                + (
+                    f"; removed the temporary files it left ({', '.join(map(printable, leftovers))})"
+                    if leftovers
+                    else ""
+                ),  # fmt: skip
+                stacklevel=3,
+            )
         try:
             yield
         finally:
             (out / LOCK).unlink(missing_ok=True)  # still held: no other run can be between its open and lock
             if created and not any(out.iterdir()):  # failed before writing anything: leave no empty folder
                 out.rmdir()
+
+
+def _remove_leftovers(out: Path) -> list[str]:
+    """Delete the temporaries a killed run left in its folder (the names atomic_write / write_model_folder use);
+    called only while holding the run lock, so no live run is writing them."""
+    patterns = (f".{CHECKPOINT}.*.tmp", f".{METRICS}.*.tmp", f".{FINAL}.tmp-*", f".{FINAL}.old-*")
+    found = sorted({p for pattern in patterns for p in out.glob(pattern)})
+    for path in found:
+        remove(path)
+    return [p.name for p in found]
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
@@ -330,23 +418,30 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
     settings = {**asdict(cfg), "amp": amp, "channels_last": channels_last}  # as resolved for this device
     start_epoch, updates, history = 0, 0, []
     if cfg.resume:
-        try:
-            state = torch.load(out / CHECKPOINT, map_location=env.device, weights_only=True)
-        except Exception as e:  # damaged by hand or by the disk: checkpoints are written atomically
-            redo = "restore it, or start over with --force"
-            raise torch_load_error(out / CHECKPOINT, e, redo) from e
-        _check_same_settings(state.get("config", {}), settings, state.get("world_size", 1), env.world)
+        state = _read_checkpoint(out / CHECKPOINT, env.device)
+        saved = state["config"] if isinstance(state["config"], dict) else {}
+        _check_same_settings(saved, settings, state.get("world_size", 1), env.world)
         if state["classes"] != classes:
-            raise ValueError(f"--resume: the checkpoint was trained on classes {state['classes'][:5]}..., "
-                             f"the data now has {classes[:5]}...; resume with the same --data")  # fmt: skip
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            if state.get("ema") is None:
-                raise ValueError("--resume with --model-ema, but the checkpoint has no EMA; resume without it")
-            ema.load_state_dict(state["ema"])
-        start_epoch, updates, history = state["epoch"] + 1, state["updates"], state["history"]
+            raise ValueError(
+                f"--resume: the checkpoint was trained on classes {printable(str(state['classes'])[:80])}, the "
+                f"data now has {printable(str(classes)[:80])}; resume with the same --data"
+            )
+        if ema is not None and state.get("ema") is None:
+            raise ValueError("--resume with --model-ema, but the checkpoint has no EMA; resume without it")
+        try:
+            check_fits(model, state["model"], cfg.model)  # the first differences, not torch's 4 KB list
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+            start_epoch, updates, history = int(state["epoch"]) + 1, int(state["updates"]), list(state["history"])
+        except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(
+                f"--resume: {out / CHECKPOINT} does not fit the model {cfg.model} now builds ({str(e)[:300]}); the "
+                "base model changed since the run started: resume with the model it started from, or start over "
+                "with --force"
+            ) from e
     train_model = nn.parallel.DistributedDataParallel(model) if env.enabled else model
 
     for epoch in range(start_epoch, cfg.epochs):

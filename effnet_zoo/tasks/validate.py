@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from timm.data import create_dataset, create_loader, resolve_data_config
+from timm.data import create_loader, resolve_data_config
 from tqdm import tqdm
 
-from .common import autocast, class_ids, count, load_pretrained, open_image, resolve_device
+from .common import autocast, class_ids, count, image_folder, load_pretrained, open_image, resolve_device
 
 
 @dataclass
@@ -89,9 +89,14 @@ def validate(
     model = load_pretrained(model_name).eval().to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    files = create_dataset("", root=str(root), split="", load_bytes=True)
+    files = image_folder(root, load_bytes=True)
     if len(files) == 0:
         raise ValueError(f"no images found under {data!r}; expected DIR/<class>/<image>")
+    skipped: list[tuple[str, str]] = []
+    for path, reason in files.reader.unreadable:  # FIFOs, devices, huge files: never opened
+        skipped.append((path, reason))
+        if on_skip:
+            on_skip(Path(path), ValueError(reason))
     target_map = torch.tensor(folder_class_map(list(files.reader.class_to_idx), model), device=dev)
     cfg = resolve_data_config({}, model=model)
     decoded = _DecodedHere(files, cfg["input_size"])
@@ -102,7 +107,6 @@ def validate(
     )  # fmt: skip
     correct1 = correct5 = seen = 0
     loss_sum = 0.0
-    skipped: list[tuple[str, str]] = []
     start = time.perf_counter()
     with torch.inference_mode():
         for images, targets, indices, reasons in tqdm(loader, desc=f"validate {model_name}", unit="batch",
