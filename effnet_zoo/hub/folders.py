@@ -13,10 +13,11 @@ from typing import Any
 
 import timm
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .._io import remove, user_mode
+from .._io import disk_full, full_disk_error, remove, user_mode
 from ..weights.torch_file import DIGEST_KEY, tensors_digest
 from .access import explain_hub_error
 from .config import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, export_config, in_layout
@@ -100,6 +101,41 @@ Model arguments: `{json.dumps(config["model_args"])}`.
 OWN = {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME}  # what a model folder of ours holds
 
 
+def not_our_model_folder(folder: Path) -> str | None:
+    """Why ``folder`` is not a model folder effnet_zoo wrote (so ``--force`` must not replace it); None if it is.
+
+    Ours holds only model.safetensors, config.json and README.md, and its weights carry our checksum in their
+    metadata: a timm or transformers folder of the same three names is someone else's.
+    """
+    if folder.is_symlink():
+        return "a symbolic link"
+    if not folder.is_dir():
+        return "a file" if folder.is_file() else "not a regular file or folder"
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in OWN)
+    if foreign:
+        return f"a folder holding files effnet-zoo did not write ({', '.join(foreign[:5])})"
+    weights = folder / WEIGHTS_NAME
+    if not (weights.exists() or weights.is_symlink()):
+        return f"a folder effnet-zoo did not write (no {WEIGHTS_NAME})" if any(folder.iterdir()) else None
+    try:
+        if weights.is_symlink() or not weights.is_file():
+            raise OSError("not a regular file")
+        with safe_open(str(weights), "pt") as f:
+            ours = DIGEST_KEY in (f.metadata() or {})
+    except (OSError, SafetensorError):
+        ours = False
+    return None if ours else f"a model folder effnet-zoo did not write (its {WEIGHTS_NAME} carries no {DIGEST_KEY})"
+
+
+def check_replaceable_folder(out: Path) -> None:
+    """``--force`` replaces only a model folder effnet_zoo wrote: refuse anything else, naming what it is."""
+    if (out.exists() or out.is_symlink()) and (why := not_our_model_folder(out)):
+        raise FileExistsError(
+            f"{out} is {why}; --force replaces only a model folder effnet-zoo wrote ({', '.join(sorted(OWN))}): "
+            "choose another location"
+        )
+
+
 def write_model_folder(
     out: str | Path,
     state_dict: dict[str, torch.Tensor],
@@ -112,17 +148,9 @@ def write_model_folder(
     out = Path(out)
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-    if out.exists() and not force:
+    if (out.exists() or out.is_symlink()) and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
-    if (
-        out.is_dir()
-        and not out.is_symlink()
-        and (foreign := sorted(p.name for p in out.iterdir() if p.name not in OWN))
-    ):
-        raise FileExistsError(
-            f"{out} holds files effnet-zoo did not write ({', '.join(foreign[:5])}); --force replaces only a model "
-            f"folder ({', '.join(sorted(OWN))}): choose another location"
-        )
+    check_replaceable_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     tmp.chmod(user_mode(directory=True))
@@ -145,6 +173,12 @@ def write_model_folder(
             remove(old)  # the previous folder, or a file / link that stood there
         else:
             tmp.rename(out)
+    except Exception as e:
+        full = disk_full(e, out.parent)  # asked before the partial folder goes, while the disk is still full
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise full_disk_error(out, e) from e
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

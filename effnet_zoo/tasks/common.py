@@ -12,6 +12,8 @@ import timm
 import torch
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 from PIL import Image, UnidentifiedImageError
+from timm.data.readers.reader import Reader
+from timm.data.readers.reader_image_folder import ReaderImageFolder
 from torch import nn
 
 from ..hub.access import cached_hub_file, explain_hub_error, hub_unreachable, unreachable_message
@@ -132,6 +134,12 @@ def open_image(source: Path | bytes) -> Image.Image:
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             width, height = img.size  # from the header: nothing decoded yet
+            if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+                # PIL only warns up to twice its limit: a 16-bit image that size took 1.2 GB to decode and convert
+                raise Image.DecompressionBombError(
+                    f"{width}x{height} = {width * height:,} pixels, over PIL.Image.MAX_IMAGE_PIXELS "
+                    f"({Image.MAX_IMAGE_PIXELS:,})"
+                )
             if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
                 raise ValueError(
                     f"extreme aspect ratio ({width}x{height}, over {MAX_ASPECT_RATIO}:1): resizing its short side to "
@@ -140,12 +148,7 @@ def open_image(source: Path | bytes) -> Image.Image:
                 )
             img.load()
             if img.mode.startswith("I;16") or img.mode == "I":
-                # 16-bit grayscale: PIL's convert("RGB") clips every value above 255 (a 16-bit PNG turns white);
-                # scale the 16-bit range down instead
-                import numpy as np
-
-                gray = np.clip(np.asarray(img, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
-                return Image.fromarray(gray, mode="L").convert("RGB")
+                return _scaled_to_8_bits(img).convert("RGB")
             return img.convert("RGB")
     except UnidentifiedImageError as e:
         raise ValueError("not an image file PIL can read") from e
@@ -155,6 +158,20 @@ def open_image(source: Path | bytes) -> Image.Image:
         ) from e
     except (OSError, SyntaxError) as e:
         raise ValueError(f"unreadable image ({e})") from e
+
+
+def _scaled_to_8_bits(img: Image.Image) -> Image.Image:
+    """16-bit (or 32-bit integer) grayscale as 8 bits, value / 257 rounded: PIL's own convert clips everything
+    above 255 (a 16-bit PNG turns white). Converted in strips of rows, so memory stays about 3 bytes a pixel
+    (a whole-image float64 conversion took 1.1 GB for one 8000x8000 PNG of 140 KB)."""
+    import numpy as np
+
+    values = np.asarray(img)
+    gray = np.empty(values.shape, dtype=np.uint8)
+    for top in range(0, values.shape[0], 256):
+        rows = values[top : top + 256].astype(np.float32)
+        gray[top : top + 256] = np.clip(np.rint(rows / 257.0), 0, 255)
+    return Image.fromarray(gray, mode="L")
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -172,8 +189,81 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 
 def _walk_files(root: Path) -> list[Path]:
-    """Every file below ``root``, never through a linked folder (a folder linking to itself would never end)."""
-    return [Path(d) / n for d, _, names in os.walk(root, followlinks=False) for n in names]
+    """Every file below ``root``. A linked folder is followed (datasets are often class folders linked in), but
+    each real folder is visited once: a folder linking to itself or its parent would never end (two such links
+    hung validate), and one visited twice would count its images twice."""
+    seen: set[tuple[int, int]] = set()
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        files += [Path(folder) / n for n in names]
+    return files
+
+
+# An image file larger than this is not read (its bytes are held in memory while it decodes); the largest image
+# PIL decodes by default (89 M pixels) is far smaller in any compressed format
+MAX_IMAGE_BYTES = 512 * 2**20
+
+
+def not_an_image_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an image without risk (a FIFO blocks forever, a device never ends, a huge
+    file fills memory); None for a regular file of a sane size."""
+    from ..weights.common import special_file
+
+    if kind := special_file(path):
+        return f"{kind}, not a regular file"
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if size > MAX_IMAGE_BYTES:
+        return f"{size:,} bytes, over the {MAX_IMAGE_BYTES:,} an image file is read up to"
+    return None
+
+
+class ImageFolderReader(ReaderImageFolder):
+    """timm's image-folder reader (the same classes, labels and order), scanning safely: linked folders are
+    visited once each, and files that are not regular or too large are set aside in ``unreadable`` with the
+    reason instead of being opened (timm's own scan followed link loops without end and opened FIFOs)."""
+
+    def __init__(self, root: str | Path, class_to_idx: dict[str, int] | None = None) -> None:
+        from timm.data.readers.img_extensions import get_img_extensions
+        from timm.utils.misc import natural_key
+
+        Reader.__init__(self)
+        extensions = get_img_extensions(as_set=True)  # timm's (.png, .jpg, .jpeg): the files timm's validate.py counts
+        self.root = str(root)
+        self.unreadable: list[tuple[str, str]] = []
+        found: list[tuple[str, str]] = []
+        for path in _walk_files(Path(root)):
+            if path.suffix.lower() not in extensions:
+                continue
+            if reason := not_an_image_file(path):
+                self.unreadable.append((str(path), reason))
+                continue
+            label = "" if path.parent == Path(root) else path.parent.name  # timm's leaf-folder labels
+            found.append((str(path), label))
+        if class_to_idx is None:
+            class_to_idx = {c: i for i, c in enumerate(sorted({label for _, label in found}, key=natural_key))}
+        self.class_to_idx = class_to_idx
+        self.samples = sorted(
+            ((f, class_to_idx[label]) for f, label in found if label in class_to_idx), key=lambda s: natural_key(s[0])
+        )
+
+
+def image_folder(root: str | Path, class_to_idx: dict[str, int] | None = None, load_bytes: bool = False):
+    """timm's ``ImageDataset`` over ``root`` (DIR/<class>/<image>), read with :class:`ImageFolderReader`."""
+    from timm.data import ImageDataset
+
+    return ImageDataset(str(root), reader=ImageFolderReader(root, class_to_idx), load_bytes=load_bytes)
 
 
 def expand_image_paths(inputs: list[str]) -> list[Path]:
