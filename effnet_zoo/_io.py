@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -48,16 +50,47 @@ def disk_full(error: BaseException, folder: Path) -> bool:
 
 def full_disk_error(path: Path, error: BaseException) -> OSError:
     """The one message for a write that ran out of space: where, and that nothing of the user's was lost."""
-    try:
-        free = f"{shutil.disk_usage(path.parent).free / 2**20:,.0f} MiB free"
-    except OSError:
-        free = "free space unknown"
-    return OSError(
-        errno.ENOSPC,
-        f"no space left on the disk holding {path.parent} ({free}) while writing {path.name}; nothing was lost: "
+    detail = str(error).splitlines()[0] if str(error) else ""
+    full = OSError(
+        f"no space left on the disk holding {path.parent} while writing {path.name}; nothing was lost: "
         f"{path.name} is as it was before (or was never there) and the partial copy was removed. Free some space "
-        f"and run again ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})",
+        f"and run again ({type(error).__name__}: {detail})"
     )
+    full.errno = errno.ENOSPC
+    return full
+
+
+class Terminated(BaseException):
+    """SIGTERM (sent by `timeout`, docker stop, SLURM, torchrun), raised where the program is, so that every
+    ``finally`` runs: temporary files are removed and the run lock is released, as for Ctrl-C."""
+
+
+_critical = {"depth": 0, "pending": None}
+
+
+def stop_on_signal(signum: int, frame: object) -> None:
+    """The command line's SIGTERM / SIGINT handler: stop by raising (Terminated / KeyboardInterrupt), except
+    inside :func:`signals_deferred`, which raises it on leaving. Python runs handlers in the main thread whichever
+    thread the signal reached, so this holds where a signal mask would not."""
+    stop = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    if _critical["depth"]:
+        _critical["pending"] = stop
+        return
+    raise stop
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold a stop signal (under :func:`stop_on_signal`) until the block ends: a temporary created inside is named
+    before cleanup can be needed, and two renames are never separated."""
+    _critical["depth"] += 1
+    try:
+        yield
+    finally:
+        _critical["depth"] -= 1
+        if not _critical["depth"] and (stop := _critical["pending"]) is not None:
+            _critical["pending"] = None
+            raise stop
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -68,10 +101,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, user_mode())
+    with signals_deferred():  # a SIGTERM between creating the file and entering `try` would leave it behind
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.close(fd)
+        os.chmod(tmp, user_mode())
         write(Path(tmp))
         os.replace(tmp, path)
     except Exception as e:

@@ -13,6 +13,16 @@ import threading
 import warnings
 from typing import Any
 
+from ._io import Terminated, stop_on_signal
+from ._text import printable
+
+
+def _say(text: str, block: bool = False) -> None:
+    """Print one line of a command's result, escaped whole: paths, file names, labels and sources come from the
+    user's files and from config.json, and none may drive the terminal or, with a newline, forge a line of the
+    listing. ``block``: a report whose formatter put the line breaks (JSON, tables), each line escaped."""
+    print("\n".join(printable(line) for line in str(text).split("\n")) if block else printable(str(text)))
+
 
 def _fmt_count(n: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -67,7 +77,7 @@ def _summary(args: argparse.Namespace) -> int:
     from .summary import summarize
 
     s = summarize(args.model, phi=args.phi, img_size=args.img_size)
-    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    _say(json.dumps(s, indent=2) if args.json else format_summary(s), block=True)
     return 0
 
 
@@ -96,13 +106,13 @@ def _convert(args: argparse.Namespace) -> int:
         args.src, args.fmt, args.model, args.out, args.dtype, model_args, args.force, args.verify, args.layout
     )
     params = sum(p.numel() for p in result.model.parameters())
-    print(f"converted {result.converted.source}")
-    print(f"  -> {result.out}/ ({', '.join(result.files)}): {result.config['architecture']}, {params:,} parameters, "
+    _say(f"converted {result.converted.source}")
+    _say(f"  -> {result.out}/ ({', '.join(result.files)}): {result.config['architecture']}, {params:,} parameters, "
           f"{result.config['num_classes']} classes, model_args {json.dumps(result.config['model_args'])}")  # fmt: skip
     if args.verify:
-        print(f"  {result.verify_note}")
+        _say(f"  {result.verify_note}")
     after = " after import effnet_zoo" if args.layout == "effnet_zoo" else " (stock timm: no effnet_zoo needed)"
-    print(f'  load it with: timm.create_model("local-dir:{result.out}", pretrained=True){after}')
+    _say(f'  load it with: timm.create_model("local-dir:{result.out}", pretrained=True){after}')
     return 0
 
 
@@ -114,13 +124,13 @@ def _push(args: argparse.Namespace) -> int:
         layout=args.layout,
     )  # fmt: skip
     where = f"{plan.repo_id}" + (f"@{plan.revision}" if plan.revision else "") + (" (private)" if plan.private else "")
-    print(("would upload to " if args.dry_run else "uploaded to ") + where + ":")
+    _say(("would upload to " if args.dry_run else "uploaded to ") + where + ":")
     for path, size in plan.files:
-        print(f"  {path}  ({size:,} bytes)")
+        _say(f"  {path}  ({size:,} bytes)")
     for path, why in plan.skipped:
-        print(f"  not uploaded: {path}  ({why})")
+        _say(f"  not uploaded: {path}  ({why})")
     if plan.url:
-        print(plan.url)
+        _say(plan.url)
     return 0
 
 
@@ -128,7 +138,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .tasks.predict import format_result, predict, report_skip
 
     result = predict(args.images, args.model, args.topk, args.batch_size, args.device, on_skip=report_skip)
-    print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
+    _say(json.dumps(result.to_json(), indent=2) if args.json else format_result(result), block=True)
     return 0 if result.predictions else 1
 
 
@@ -145,7 +155,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     result = validate(args.data, args.model, args.batch_size, args.amp, args.channels_last, args.device,
                       args.workers, progress=not args.json, on_skip=report_skip)  # fmt: skip
-    print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
+    _say(json.dumps(result.to_json(), indent=2) if args.json else format_result(result), block=args.json)
     return 0
 
 
@@ -157,12 +167,12 @@ def _finetune(args: argparse.Namespace) -> int:
     result = finetune(FinetuneConfig(**fields))
     if "model_dir" in result:
         last = result["history"][-1] if result["history"] else {}
-        print(f"fine-tuned {args.model} on {count(len(result['classes']), 'class', 'classes')} "
+        _say(f"fine-tuned {args.model} on {count(len(result['classes']), 'class', 'classes')} "
               f"({count(result['world_size'], 'process', 'processes')}); "
               f"last epoch: {json.dumps(last)}")  # fmt: skip
         if "rank_param_diff" in result:
-            print(f"  ranks in sync: max param diff {result['rank_param_diff']:g} across {result['world_size']} ranks")
-        print(f"  -> {result['model_dir']}/ : timm.create_model(\"local-dir:{result['model_dir']}\", pretrained=True), "
+            _say(f"  ranks in sync: max param diff {result['rank_param_diff']:g} across {result['world_size']} ranks")
+        _say(f"  -> {result['model_dir']}/ : timm.create_model(\"local-dir:{result['model_dir']}\", pretrained=True), "
               f"or effnet-zoo push {result['model_dir']} --repo-id ORG/NAME")  # fmt: skip
     return 0
 
@@ -171,9 +181,9 @@ def _export(args: argparse.Namespace) -> int:
     from .tasks.export import export
 
     r = export(args.model, args.format, args.out, args.dynamic_batch, args.batch_size, args.img_size, args.force)
-    print(f"exported {args.model} as {r.fmt} -> {r.out} (input {r.input_shape}"
+    _say(f"exported {args.model} as {r.fmt} -> {r.out} (input {r.input_shape}"
           f"{', dynamic batch' if args.dynamic_batch else ''})")  # fmt: skip
-    print(f"  checked against eager PyTorch on a batch of {r.checked_batch}: max abs diff {r.max_abs_diff:.3g} "
+    _say(f"  checked against eager PyTorch on a batch of {r.checked_batch}: max abs diff {r.max_abs_diff:.3g} "
           f"(relative {r.max_rel_diff:.3g})")  # fmt: skip
     return 0
 
@@ -340,23 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001  (warnings' signature)
-    return f"effnet-zoo: warning: {message}\n"
-
-
-class Terminated(BaseException):
-    """SIGTERM (sent by `timeout`, docker stop, SLURM, torchrun), raised where the program is, so that every
-    ``finally`` runs: temporary files are removed and the run lock is released, as for Ctrl-C."""
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated
+    return f"effnet-zoo: warning: {printable(str(message))}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _warning_line  # one line a user can read, not a source location
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _terminate)
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:  # SIGTERM stops like Ctrl-C, and neither splits a write (effnet_zoo._io.signals_deferred)
+        previous = {s: signal.signal(s, stop_on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         code = args.func(args)
         sys.stdout.flush()  # here, where a closed pipe can still be handled
@@ -366,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 141  # 128 + SIGPIPE, what a shell reports for a program the pipe ended
     except (ValueError, OSError, RuntimeError) as e:  # OSError: missing files, permissions, the Hub's HTTP errors
-        print(f"effnet-zoo: error: {getattr(e, 'cli_message', e)}", file=sys.stderr)  # without Python-only routes
+        message = printable(str(getattr(e, "cli_message", e)))  # without Python-only routes; one line, escaped
+        print(f"effnet-zoo: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outputs are written atomically, so an interrupt leaves nothing half-written
         print("effnet-zoo: interrupted", file=sys.stderr)
@@ -375,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         print("effnet-zoo: terminated (SIGTERM); temporary files removed", file=sys.stderr)
         return 143  # 128 + SIGTERM
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

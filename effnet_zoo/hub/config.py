@@ -17,6 +17,7 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 from .._io import atomic_write_text
+from .._text import printable
 from ..model import ARGUMENT_RANGES, argument_problem
 
 PRETRAINED_CFG_KEYS = (
@@ -94,8 +95,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def _shown(value: Any) -> str:
     """A value from a config, short and printable, for an error message."""
-    from ..tasks.common import printable
-
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):
@@ -115,6 +114,9 @@ def pretrained_cfg_problems(cfg: dict[str, Any], in_chans: int = 3) -> list[tupl
     """(key, what it should be, what it is) for each preprocessing / label field that timm or the tasks would
     crash on or turn into nonsense (a KeyError deep in the transform, a 22400 px resize, a shuttle for a cat)."""
     problems: list[tuple[str, str, Any]] = []
+    for key in ("input_size", "crop_pct", "interpolation", "mean", "std", "num_classes"):
+        if key in cfg and cfg[key] is None:  # timm's transforms read these without a default
+            problems.append((key, "a value (leave the key out for the default)", None))
     for key in ("input_size", "test_input_size", "min_input_size"):
         size = cfg.get(key)
         if size is not None and not (
@@ -192,6 +194,15 @@ def _model_arg_keys(architecture: str) -> set[str] | None:
     return set(inspect.signature(EfficientNet).parameters) - {"device", "dtype", "stages"} | set(TIMM_ALIASES)
 
 
+@functools.cache
+def _pretrained_cfg_fields() -> set[str]:
+    import dataclasses
+
+    from timm.models import PretrainedCfg
+
+    return {f.name for f in dataclasses.fields(PretrainedCfg)}
+
+
 def check_config(config: Any, source: str) -> dict[str, Any]:
     """The one validation of a model config (a folder's or a Hub repo's config.json): a ValueError naming
     ``source`` and the key for anything timm would crash on deep inside the build, or that would only give
@@ -227,6 +238,9 @@ def check_config(config: Any, source: str) -> dict[str, Any]:
             f"{source}: 'model_args' holds {_shown(unknown[0])}, which {arch} does not take (it takes "
             f"{', '.join(sorted(known))})"
         )
+    for key, value in model_args.items():
+        if value is None:  # timm drops None arguments on one route and passes them on another
+            raise bad(f"'model_args.{key}'", "a value (leave the key out for the default)", value)
     for key in sorted(ARGUMENT_RANGES.keys() & model_args.keys()):
         expected = argument_problem(key, model_args[key])
         if expected:
@@ -252,6 +266,9 @@ def check_config(config: Any, source: str) -> dict[str, Any]:
         except (ValueError, KeyError, TypeError, AssertionError) as e:
             raise bad("'model_args.act_layer'", "a timm activation name ('silu', 'relu6', ...)", act) from e
     cfg = {**config.get("pretrained_cfg", {})}
+    if unknown := sorted(set(cfg) - _pretrained_cfg_fields()):  # timm's PretrainedCfg(**cfg) raised TypeError
+        raise ValueError(f"{source}: 'pretrained_cfg' holds {_shown(unknown[0])}, which is not a timm "
+                         "pretrained_cfg field (input_size, crop_pct, interpolation, mean, std, ...)")  # fmt: skip
     for key in ("num_classes", "label_names", "label_descriptions"):  # timm moves these into pretrained_cfg
         if key in config:
             cfg[key] = config[key]
@@ -259,6 +276,11 @@ def check_config(config: Any, source: str) -> dict[str, Any]:
     for key, expected, value in pretrained_cfg_problems(cfg, in_chans):
         top = key in ("label_names", "label_descriptions") or (key == "num_classes" and "num_classes" in config)
         raise bad(f"'{key if top else 'pretrained_cfg.' + key}'", expected, value)
+    try:  # what the checks above cannot see (a size over the parameter limit, arguments that contradict)
+        with torch.device("meta"):
+            timm.create_model(arch, num_classes=cfg.get("num_classes", 1000), **model_args)
+    except (ValueError, TypeError, KeyError, AssertionError, RuntimeError) as e:
+        raise ValueError(f"{source}: 'model_args' do not build {arch} ({printable(str(e))[:200]})") from e
     return config
 
 

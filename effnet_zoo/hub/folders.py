@@ -17,10 +17,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .._io import disk_full, full_disk_error, remove, user_mode
+from .._io import disk_full, full_disk_error, remove, signals_deferred, user_mode
+from .._text import printable
 from ..weights.torch_file import DIGEST_KEY, tensors_digest
-from .access import explain_hub_error
-from .config import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, export_config, in_layout
+from .access import explain_hub_error, hub_deadline
+from .config import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, check_pretrained_cfg, export_config, in_layout
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -68,20 +69,20 @@ import transformers  # transformers >= 4.47, through timm
 def model_card(config: dict[str, Any], title: str, origin: str) -> str:
     """A Hub model card: what the model is, where its weights come from, how to preprocess and load it."""
     cfg = config["pretrained_cfg"]
+    check_pretrained_cfg(cfg, "the model's pretrained_cfg")  # the license goes into the YAML header below
     with torch.device("meta"):
         model = timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
     params = sum(p.numel() for p in model.parameters())
     labels = config.get("label_names")
-    label_line = (
-        f"Labels: {', '.join(map(str, labels[:10]))}{' ...' if len(labels) > 10 else ''}.\n\n" if labels else ""
-    )
+    shown = [f"`{printable(str(label)).replace('`', chr(39))}`" for label in (labels or [])[:10]]  # code: no markup
+    label_line = f"Labels: {', '.join(shown)}{' ...' if len(labels) > 10 else ''}.\n\n" if labels else ""
     return f"""---
 tags:
 - image-classification
 - timm
 - effnet_zoo
 library_name: timm
-license: {cfg.get("license", "apache-2.0")}
+license: {json.dumps(cfg.get("license", "apache-2.0"))}
 ---
 # {title}
 
@@ -152,9 +153,10 @@ def write_model_folder(
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
     check_replaceable_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    tmp.chmod(user_mode(directory=True))
+    with signals_deferred():  # a SIGTERM right after creating it would leave it behind
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
+        tmp.chmod(user_mode(directory=True))
         tensors = {
             k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).detach().cpu().contiguous()
             for k, v in state_dict.items()
@@ -165,14 +167,15 @@ def write_model_folder(
         (tmp / CARD_NAME).write_text(card)
         for file in tmp.iterdir():  # whatever each writer chose (safetensors': 0600)
             file.chmod(user_mode())
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            old.rmdir()
-            out.rename(old)
-            tmp.rename(out)
-            remove(old)  # the previous folder, or a file / link that stood there
-        else:
-            tmp.rename(out)
+        with signals_deferred():  # stopped between the two renames, there would be no folder at `out`
+            if out.exists():
+                old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+                old.rmdir()
+                out.rename(old)
+                tmp.rename(out)
+                remove(old)  # the previous folder of ours
+            else:
+                tmp.rename(out)
     except Exception as e:
         full = disk_full(e, out.parent)  # asked before the partial folder goes, while the disk is still full
         shutil.rmtree(tmp, ignore_errors=True)
@@ -261,6 +264,24 @@ def upload_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     return sorted(files), skipped
 
 
+def check_publishable(folder: Path) -> None:
+    """Load ``folder`` as a user of the published repo would, before anything leaves the machine: its config
+    checked, its weights complete, matching their checksum, finite, and fitting the architecture the config
+    names. ValueError saying what is wrong (garbage passed ``--dry-run`` and a real push created the repo)."""
+    from ..weights.common import check_values
+    from ..weights.torch_file import load_state_dict
+    from .config import check_model_config
+
+    try:
+        upload_files(folder)  # the weights and config are regular files of the folder's own
+        check_model_config(folder / CONFIG_NAME)
+        state = load_state_dict(folder / WEIGHTS_NAME)
+        check_values(state, str(folder / WEIGHTS_NAME))
+        timm.create_model(f"local-dir:{folder}", pretrained=True)  # strict: every key and shape of the architecture
+    except (ValueError, OSError, RuntimeError, KeyError, TypeError) as e:
+        raise ValueError(f"{folder} is not a model folder that loads, so nothing was published: {e}") from e
+
+
 def _timm_layout_copy(folder: Path, out: Path) -> Path:
     """``folder`` in timm's own layout, written to ``out``; ``folder`` itself if it already is."""
     config = json.loads((folder / CONFIG_NAME).read_text())
@@ -309,6 +330,7 @@ def push_to_hub(
             folder = Path(model_or_folder)
             if not folder.is_dir():
                 raise FileNotFoundError(f"{folder} is not a folder: push a folder saved with effnet_zoo")
+            check_publishable(folder)
             if layout == "timm":
                 folder = _timm_layout_copy(folder, Path(tmp) / "model")
         files, skipped = upload_files(folder)
@@ -323,10 +345,11 @@ def push_to_hub(
         ]
         api = HfApi(token=token, library_name="effnet_zoo")
         try:
-            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-            if revision:
-                api.create_branch(repo_id, branch=revision, exist_ok=True)
-            info = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)
+            with hub_deadline():  # a Hub that takes the request and never answers held a push for minutes
+                repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+                if revision:
+                    api.create_branch(repo_id, branch=revision, exist_ok=True)
+                info = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision)
         except Exception as e:  # huggingface_hub raises many types (auth, offline, HTTP, network)
             what = f"could not publish to {repo_id!r}"
             raise HubPublishError(f"{explain_hub_error(e, what)}. Nothing local was changed") from e

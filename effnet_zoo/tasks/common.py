@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from pathlib import Path
 
@@ -16,21 +15,36 @@ from timm.data.readers.reader import Reader
 from timm.data.readers.reader_image_folder import ReaderImageFolder
 from torch import nn
 
-from ..hub.access import cached_hub_file, explain_hub_error, hub_unreachable, unreachable_message
-from ..hub.config import check_model_config
+from ..hub.access import (
+    HubServerError,
+    HubTimeout,
+    cached_hub_file,
+    check_hub_config_size,
+    explain_hub_error,
+    hub_deadline,
+    hub_unreachable,
+    unreachable_message,
+)
+from ..hub.config import check_model_config, read_config_file
 from ..zoo import PretrainedWeightsUnavailable
 
+# What the Hub may answer a model load with, each explained by explain_hub_error
+HUB_ERRORS = (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, HubTimeout, HubServerError)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 def reachable_name(name: str) -> str:
     """``name`` itself, or for ``hf-hub:ID`` while the Hub cannot be reached, its cached snapshot as
-    ``local-dir:``; with nothing cached, fail within seconds (huggingface_hub's retries took ~50 s)."""
+    ``local-dir:``; with nothing cached, fail within seconds (huggingface_hub's retries took ~50 s). A reachable
+    repo whose config.json is larger than any model config is refused before it is downloaded."""
     if os.path.isdir(name) and not name.startswith(("local-dir:", "hf-hub:")):
         return f"local-dir:{name}"
-    if not name.startswith("hf-hub:") or (reason := hub_unreachable()) is None:
+    if not name.startswith("hf-hub:"):
         return name
     repo, _, revision = name.removeprefix("hf-hub:").partition("@")
+    if (reason := hub_unreachable()) is None:
+        check_hub_config_size(repo, revision or None, f"could not load {name!r}")
+        return name
     config = cached_hub_file(repo, ("config.json",), revision or None)
     if config is not None and cached_hub_file(repo, ("model.safetensors", "pytorch_model.bin"), revision or None):
         return f"local-dir:{Path(config).parent}"
@@ -43,17 +57,23 @@ def load_pretrained(name: str, **kwargs) -> nn.Module:
     A bare folder path is accepted as ``local-dir:``, since a folder written by ``convert`` / ``finetune`` is
     what users most often have at hand.
     """
-    name = reachable_name(name)
-    if not name.startswith(("local-dir:", "hf-hub:")) and not timm.list_pretrained(name):
-        base = name.split(".")[0]
-        tags = timm.list_pretrained(f"{base}.*")
-        hint = f"its tags: {', '.join(tags)}" if tags else "see `timm.list_pretrained('effnet_*')`"
-        raise ValueError(f"no pretrained weights are registered as {name!r}; {hint}, or pass local-dir:DIR / hf-hub:ID")
-    if name.startswith("local-dir:") and (config := Path(name.removeprefix("local-dir:")) / "config.json").exists():
-        check_model_config(config)
     try:
-        return timm.create_model(name, pretrained=True, **kwargs)
-    except (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled) as e:  # fetching an hf-hub: config.json
+        with hub_deadline():  # one deadline for all of it: the checks here, timm's config.json and its weights
+            name = reachable_name(name)
+            if not name.startswith(("local-dir:", "hf-hub:")) and not timm.list_pretrained(name):
+                base = name.split(".")[0]
+                tags = timm.list_pretrained(f"{base}.*")
+                hint = f"its tags: {', '.join(tags)}" if tags else "see `timm.list_pretrained('effnet_*')`"
+                raise ValueError(
+                    f"no pretrained weights are registered as {name!r}; {hint}, or pass local-dir:DIR / hf-hub:ID"
+                )
+            if (
+                name.startswith("local-dir:")
+                and (config := Path(name.removeprefix("local-dir:")) / "config.json").exists()
+            ):
+                check_model_config(config)
+            return timm.create_model(name, pretrained=True, **kwargs)
+    except HUB_ERRORS as e:  # checking or fetching an hf-hub: config.json
         raise PretrainedWeightsUnavailable(explain_hub_error(e, f"could not load {name!r}")) from e
 
 
@@ -65,19 +85,24 @@ def count(n: int, singular: str, plural: str | None = None) -> str:
 def architecture_of(name: str) -> str:
     """The registered architecture behind a model name: the name itself, or a folder's / Hub repo's config.json's.
 
-    The name comes back unchanged when the config cannot be read here (the model's own load then explains why).
+    The name comes back unchanged when the config cannot be read here (the model's own load then explains why),
+    except when the Hub is too slow or failing: the load would wait as long again.
     """
     try:
-        name = reachable_name(name)
-        if name.startswith("local-dir:"):
-            config = Path(name.removeprefix("local-dir:")) / "config.json"
-        elif name.startswith("hf-hub:"):
-            from huggingface_hub import hf_hub_download
+        with hub_deadline():
+            name = reachable_name(name)
+            if name.startswith("local-dir:"):
+                config = Path(name.removeprefix("local-dir:")) / "config.json"
+            elif name.startswith("hf-hub:"):
+                from huggingface_hub import hf_hub_download
 
-            config = Path(hf_hub_download(name.removeprefix("hf-hub:").split("@")[0], "config.json"))
-        else:
-            return name
-        return str(json.loads(config.read_text()).get("architecture", name))
+                repo, _, revision = name.removeprefix("hf-hub:").partition("@")
+                config = Path(hf_hub_download(repo, "config.json", revision=revision or None))
+            else:
+                return name
+            return str(read_config_file(config).get("architecture", name))
+    except (HubTimeout, HubServerError) as e:
+        raise PretrainedWeightsUnavailable(explain_hub_error(e, f"could not load {name!r}")) from e
     except (
         OSError,
         ValueError,
@@ -111,14 +136,6 @@ def class_names(model: nn.Module) -> list[str]:
     imagenet = timm.data.ImageNetInfo("imagenet-22k" if len(ids) > 1000 else "imagenet-1k")
     synsets = set(imagenet.label_names())
     return [imagenet.label_name_to_description(c) if c in synsets else c for c in ids]
-
-
-def printable(text: str) -> str:
-    """``text`` safe for a terminal: control characters (escape sequences, carriage returns) shown escaped.
-
-    Labels come from config.json files and paths from the user's folders; neither may drive the terminal.
-    """
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 # The eval transform resizes the short side to the model's input and crops the centre: beyond this ratio the
@@ -204,6 +221,7 @@ def _walk_files(root: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
+        dirs.sort()  # which of two names for one folder is kept must not depend on the file system's order
         files += [Path(folder) / n for n in names]
     return files
 

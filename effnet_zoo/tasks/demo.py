@@ -17,8 +17,9 @@ from pathlib import Path
 import timm
 import torch
 
+from .._text import printable
 from ..zoo import PretrainedWeightsUnavailable
-from .common import expand_image_paths, printable
+from .common import expand_image_paths
 from .predict import classify, format_result
 
 PHOTOS = Path(__file__).resolve().parent.parent / "demo_photos"

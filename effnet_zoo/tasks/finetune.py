@@ -32,12 +32,13 @@ from torch import nn
 from tqdm import tqdm
 
 from .._io import atomic_write, atomic_write_text, check_output, remove
+from .._text import printable
 from ..hub import save_pretrained
 from ..hub.config import check_layout, model_args_of
 from ..weights.common import check_fits, require_regular_file
 from ..weights.torch_file import torch_load_error
 from ..zoo import paper_regularization
-from .common import architecture_of, autocast, count, image_folder, load_pretrained, printable, resolve_device
+from .common import architecture_of, autocast, count, image_folder, load_pretrained, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"

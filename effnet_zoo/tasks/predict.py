@@ -10,7 +10,8 @@ import timm
 import torch
 from tqdm import tqdm
 
-from .common import class_names, expand_image_paths, load_pretrained, open_image, printable, resolve_device
+from .._text import printable
+from .common import class_names, expand_image_paths, load_pretrained, open_image, resolve_device
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch
 from timm.data import create_loader, resolve_data_config
 from tqdm import tqdm
 
+from .._text import printable
 from .common import autocast, class_ids, count, image_folder, load_pretrained, open_image, resolve_device
 
 
@@ -109,7 +110,7 @@ def validate(
     loss_sum = 0.0
     start = time.perf_counter()
     with torch.inference_mode():
-        for images, targets, indices, reasons in tqdm(loader, desc=f"validate {model_name}", unit="batch",
+        for images, targets, indices, reasons in tqdm(loader, desc=f"validate {printable(model_name)}", unit="batch",
                                                       disable=not progress):  # fmt: skip
             for index, reason in zip(indices.tolist(), reasons, strict=True):
                 if reason:
