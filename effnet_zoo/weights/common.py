@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,50 @@ BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 
 class ConversionError(ValueError):
     """A source checkpoint that cannot become the requested model; the message says why and what to do."""
+
+
+class CorruptWeightsError(ConversionError):
+    """A weights file that is truncated, damaged or fails its checksum, or that was refused unread (a pickle that
+    runs code, sizes no checkpoint of the model has): the file itself is the problem, so no other variant is tried
+    on it."""
+
+
+# What a checkpoint of one model may declare, checked before anything is allocated (docs/reliability.md): four
+# float32 copies of the model's tensors (weights, EMA and Adam's two moments; or two float64 copies), the
+# classifier counted with up to MAX_CLASSES classes (ImageNet-21k's 21,843 is the largest label set EfficientNet
+# weights are published for), plus BUDGET_SLACK for the pickle, zip and HDF5 bookkeeping around the tensors.
+BUDGET_COPIES = 4
+MAX_CLASSES = 21843
+BUDGET_SLACK = 16 << 20
+
+
+@dataclass
+class WeightsBudget:
+    """The bytes one read of a checkpoint may allocate, from the model it is read for (a meta-device skeleton
+    will do): every reader counts what a file declares here *before* reading it, so a 6 MB zip or a 7 KB HDF5
+    file that declares gigabytes is refused unread instead of exhausting memory."""
+
+    limit: float
+    model: str
+    used: int = 0
+
+    @classmethod
+    def of(cls, model: nn.Module) -> WeightsBudget:
+        name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+        body = sum(t.numel() for k, t in model.state_dict().items() if not k.startswith("classifier."))
+        head = (getattr(model, "num_features", 0) + 1) * max(getattr(model, "num_classes", 0) or 0, MAX_CLASSES)
+        return cls(BUDGET_COPIES * 4 * (body + head) + BUDGET_SLACK, name)
+
+    def take(self, path: str | Path, nbytes: int, what: str) -> None:
+        """Count ``nbytes`` that reading ``what`` of ``path`` is about to allocate; refuse past the limit."""
+        self.used += nbytes
+        if self.used > self.limit:
+            raise CorruptWeightsError(
+                f"refused to read {path}: {what} would bring what it declares to {self.used:,} bytes, more than a "
+                f"checkpoint of {self.model} holds (at most {self.limit:,}: {BUDGET_COPIES} float32 copies of its "
+                f"tensors with a head of up to {MAX_CLASSES:,} classes). It is a checkpoint of a larger model "
+                "(check --model) or a file built to exhaust memory; nothing more was read"
+            )
 
 
 @dataclass
@@ -58,6 +104,27 @@ def shapes_of(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]
     return {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
 
 
+# The tensors the stem's input channels and the number of classes are read from (timm adapts both after the
+# checks), by key in our layout and timm's: any other rank crashed with IndexError deep inside.
+RANKS = {
+    "stem.conv.weight": (4, "stem convolution weight"),
+    "conv_stem.weight": (4, "stem convolution weight"),
+    "classifier.weight": (2, "classifier weight"),
+    "classifier.bias": (1, "classifier bias"),
+}
+
+
+def check_ranks(shapes: Mapping[str, tuple[int, ...]], source: str | Path) -> None:
+    """Raise :class:`CorruptWeightsError` naming the key if a stem or classifier tensor has the wrong rank (no
+    variant can fit it, so none is tried)."""
+    for key, (rank, role) in RANKS.items():
+        if key in shapes and len(shapes[key]) != rank:
+            raise CorruptWeightsError(
+                f"{source}: {key} has shape {list(shapes[key])}, {len(shapes[key])}-D, but an EfficientNet "
+                f"{role} is {rank}-D; the file is damaged or not an EfficientNet checkpoint"
+            )
+
+
 def check_fits(
     model: nn.Module, state_dict: dict[str, torch.Tensor], model_name: str, skip: tuple[str, ...] = ()
 ) -> None:
@@ -65,8 +132,9 @@ def check_fits(
 
     The message lists the first differences and names the registered variant the checkpoint does fit.
     """
-    expected = {k: s for k, s in shapes_of(model.state_dict()).items() if not k.startswith(skip)}
     given = shapes_of(state_dict)
+    check_ranks(given, "the checkpoint")
+    expected = {k: s for k, s in shapes_of(model.state_dict()).items() if not k.startswith(skip)}
     problems = [f"missing {k} {list(s)}" for k, s in expected.items() if k not in given]
     problems += [f"unexpected {k} {list(s)}" for k, s in given.items() if k not in expected and not k.startswith(skip)]
     problems += [
@@ -150,18 +218,35 @@ def load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], model_na
     model.load_state_dict({k: v for k, v in state_dict.items() if k in model.state_dict()}, strict=False)
 
 
-def fits(arch: str, shapes: dict[str, tuple[int, ...]]) -> bool:
-    """Whether ``arch`` (built on the meta device, head and stem sized as given) has exactly these shapes."""
+@functools.cache
+def _variant_shapes(arch: str) -> dict[str, tuple[int, ...]]:
     import timm
 
-    num_classes = shapes.get("classifier.weight", (1000,))[0]
-    in_chans = shapes.get("stem.conv.weight", (0, 3))[1]
     with torch.device("meta"):
-        model = timm.create_model(arch, num_classes=num_classes, in_chans=in_chans)
-    return shapes_of(model.state_dict()) == shapes
+        return shapes_of(timm.create_model(arch).state_dict())
 
 
-def suggest_model(shapes: dict[str, tuple[int, ...]]) -> str | None:
+def fits(arch: str, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether ``arch``, with some num_classes and in_chans (both >= 1), has exactly these shapes.
+
+    Any shapes at all get an answer: the variant's own (built once, on the meta device) are compared key by key.
+    """
+    own = _variant_shapes(arch)
+    if shapes.keys() != own.keys():
+        return False
+    head, stem = shapes["classifier.weight"], shapes["stem.conv.weight"]
+    if len(head) != 2 or len(stem) != 4 or head[0] < 1 or stem[1] < 1:
+        return False
+    sized = {  # the head's rows and the stem's input channels are the caller's to choose
+        **own,
+        "classifier.weight": (head[0], *own["classifier.weight"][1:]),
+        "classifier.bias": (head[0],),
+        "stem.conv.weight": (own["stem.conv.weight"][0], stem[1], *own["stem.conv.weight"][2:]),
+    }
+    return dict(shapes) == sized
+
+
+def suggest_model(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """The registered variant whose every parameter shape matches."""
     import timm
 

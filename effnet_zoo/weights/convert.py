@@ -21,8 +21,17 @@ from .._io import check_output
 from ..hub.config import check_layout, export_config, in_layout
 from ..hub.folders import DTYPES, model_card, write_model_folder
 from . import keras_h5, lukemelas, seed, tf_ckpt, timm_format, torchvision_format, transformers_format
-from .common import ConversionError, Converted, fits, fits_hint, load_checked, shapes_of
-from .torch_file import CorruptWeightsError
+from .common import (
+    ConversionError,
+    Converted,
+    CorruptWeightsError,
+    WeightsBudget,
+    check_ranks,
+    fits,
+    fits_hint,
+    load_checked,
+    shapes_of,
+)
 
 FORMATS: dict[str, Callable[[Path, nn.Module], Converted]] = {
     "tf-ckpt": tf_ckpt.read,
@@ -90,6 +99,7 @@ def convert(
         if isinstance(e, CorruptWeightsError) or (other := fitting_variant(fmt, src, exclude=arch)) is None:
             raise
         raise ConversionError(f"{e}{fits_hint(other)}") from e
+    check_ranks(shapes_of(converted.state_dict), src)  # before num_classes is read from the classifier
     args = {k: v for k, v in converted.model_args.items() if v is not None}
     args.update(user_args)
     if "padding" not in args:
@@ -170,19 +180,19 @@ def _source_model(fmt: str, src: Path, model: nn.Module, model_name: str) -> nn.
     if fmt == "timm":
         arch = read_config(src).get("architecture") or f"tf_efficientnet_{variant}"
         ref = timm.create_model(arch, num_classes=model.num_classes)
-        ref.load_state_dict(load_state_dict(src))
+        ref.load_state_dict(load_state_dict(src, WeightsBudget.of(model)))
         return ref.eval()
     if fmt == "torchvision":
         import torchvision
 
         ref = getattr(torchvision.models, f"efficientnet_{variant}")(num_classes=model.num_classes)
-        ref.load_state_dict(load_state_dict(src))
+        ref.load_state_dict(load_state_dict(src, WeightsBudget.of(model)))
         return ref.eval()
     if fmt == "lukemelas":
         from efficientnet_pytorch import EfficientNet as LukeEfficientNet
 
         ref = LukeEfficientNet.from_name(f"efficientnet-{variant}", num_classes=model.num_classes)
-        ref.load_state_dict(load_state_dict(src))
+        ref.load_state_dict(load_state_dict(src, WeightsBudget.of(model)))
         return ref.eval()
     if fmt == "transformers" and src.is_dir():
         from transformers import EfficientNetForImageClassification

@@ -9,7 +9,10 @@ statistics become the converted model's mean/std.
 
 from __future__ import annotations
 
+import functools
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +25,16 @@ from .common import (
     BN_PARAMS,
     ConversionError,
     Converted,
+    WeightsBudget,
     block_expands,
     block_prefixes,
     conv_from_tf,
     dense_from_tf,
     depthwise_from_tf,
+    require_regular_file,
 )
+
+Read = Callable[[Any], torch.Tensor]  # one dataset's values, its size counted first
 
 
 def _h5py():
@@ -76,31 +83,38 @@ def _to_ours(kind: str, module: str, values: list[torch.Tensor]) -> dict[str, to
     return out
 
 
-def _tensor(dataset: Any) -> torch.Tensor:
+def _tensor(dataset: Any, src: Path, budget: WeightsBudget) -> torch.Tensor:
+    """A dataset's values, once its declared shape and type (which h5py reads without the data) are counted
+    against ``budget``: a 7 KB file can declare gigabytes stored as a fill value or in chunks never written."""
+    if getattr(dataset, "shape", None) is None or dataset.dtype.kind not in "fiub":
+        kind = dataset.dtype if hasattr(dataset, "dtype") else "a group"
+        raise ConversionError(f"{src}: {dataset.name} holds {kind}, not numbers: the file does not hold Keras weights")
+    nbytes = math.prod(dataset.shape) * dataset.dtype.itemsize
+    budget.take(src, nbytes, f"dataset {dataset.name} (shape {list(dataset.shape)}, {dataset.dtype})")
     return torch.as_tensor(np.array(dataset[()]))
 
 
-def _legacy_values(group: Any) -> list[torch.Tensor]:
+def _legacy_values(group: Any, tensor: Read) -> list[torch.Tensor]:
     """A legacy layer group's weights in Keras order (kernel, bias / gamma, beta, moving_mean, moving_variance)."""
     names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs.get("weight_names", [])]
     if not names:  # fall back to the datasets below the group
         names = []
         group.visititems(lambda n, o: names.append(n) if hasattr(o, "shape") else None)
-    return [_tensor(group[n]) for n in names]
+    return [tensor(group[n]) for n in names]
 
 
-def _read_legacy(f: Any, model: nn.Module) -> tuple[dict[str, torch.Tensor], Any]:
+def _read_legacy(f: Any, model: nn.Module, tensor: Read) -> tuple[dict[str, torch.Tensor], Any]:
     root = f["model_weights"] if "model_weights" in f else f
     out: dict[str, torch.Tensor] = {}
     for layer, kind, module in _layers(model):
         if layer not in root:
             raise ConversionError(f"the Keras file has no layer {layer!r}: it does not fit the model (check --model)")
-        out.update(_to_ours(kind, module, _legacy_values(root[layer])))
-    norm = _legacy_values(root["normalization"]) if "normalization" in root else None
+        out.update(_to_ours(kind, module, _legacy_values(root[layer], tensor)))
+    norm = _legacy_values(root["normalization"], tensor) if "normalization" in root else None
     return out, norm
 
 
-def _read_keras3(f: Any, model: nn.Module) -> tuple[dict[str, torch.Tensor], Any]:
+def _read_keras3(f: Any, model: nn.Module, tensor: Read) -> tuple[dict[str, torch.Tensor], Any]:
     groups = f["layers"]
     by_kind: dict[str, list[str]] = {}
     for name in groups:
@@ -118,14 +132,14 @@ def _read_keras3(f: Any, model: nn.Module) -> tuple[dict[str, torch.Tensor], Any
             )
         group = groups[by_kind[kind][cursor[kind]]]["vars"]
         cursor[kind] += 1
-        out.update(_to_ours(kind, module, [_tensor(group[str(i)]) for i in range(len(group))]))
+        out.update(_to_ours(kind, module, [tensor(group[str(i)]) for i in range(len(group))]))
     extra = {kind: len(names) - cursor.get(kind, 0) for kind, names in by_kind.items() if kind != "normalization"}
     if any(extra.values()):
         raise ConversionError(f"the Keras 3 file has layers the model does not use ({extra}): check --model")
     norm = None
     if "normalization" in by_kind:
         group = groups[by_kind["normalization"][0]]["vars"]
-        norm = [_tensor(group[str(i)]) for i in range(len(group))]
+        norm = [tensor(group[str(i)]) for i in range(len(group))]
     return out, norm
 
 
@@ -179,6 +193,8 @@ def _check_self_contained(h5py: Any, src: Path, f: Any) -> None:
 
 def read(src: Path, model: nn.Module) -> Converted:
     h5py = _h5py()
+    require_regular_file(src, "the Keras file")
+    tensor = functools.partial(_tensor, src=src, budget=WeightsBudget.of(model))
     try:
         f = h5py.File(src, "r")
     except OSError as e:
@@ -186,7 +202,7 @@ def read(src: Path, model: nn.Module) -> Converted:
     with f:
         _check_self_contained(h5py, src, f)
         keras3 = "layers" in f and "model_weights" not in f
-        state, norm = (_read_keras3 if keras3 else _read_legacy)(f, model)
+        state, norm = (_read_keras3 if keras3 else _read_legacy)(f, model, tensor)
     data: dict[str, Any] = {}
     if norm is not None and len(norm) >= 2:
         data = _normalization(norm[0].flatten().double().tolist(), norm[1].flatten().double().tolist())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .common import Converted, block_pairs, block_prefixes, map_modules
+from .common import Converted, WeightsBudget, block_pairs, block_prefixes, map_modules
 from .torch_file import load_state_dict
 
 _EXPANDING = {"_expand_conv": "expand.conv", "_bn0": "expand.bn", "_depthwise_conv": "dw.conv", "_bn1": "dw.bn",
@@ -19,7 +19,7 @@ _PLAIN = {k: v for k, v in _EXPANDING.items() if not v.startswith("expand.")}
 
 
 def read(src: Path, model: nn.Module) -> Converted:
-    state = load_state_dict(src)
+    state = load_state_dict(src, WeightsBudget.of(model))
     pairs = [("_conv_stem", "stem.conv"), ("_bn0", "stem.bn"), ("_conv_head", "head.conv"), ("_bn1", "head.bn"),
              ("_fc", "classifier")]  # fmt: skip
     pairs += block_pairs(model, [f"_blocks.{i}" for i in range(len(block_prefixes(model)))], _EXPANDING, _PLAIN)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .common import Converted, block_pairs, map_modules
+from .common import Converted, WeightsBudget, block_pairs, map_modules
 from .torch_file import load_state_dict
 
 _EXPANDING = {"expand_conv.conv": "expand.conv", "expand_conv.bn": "expand.bn", "dp_conv.conv.conv": "dw.conv",
@@ -20,7 +20,7 @@ _PLAIN = {k: v for k, v in _EXPANDING.items() if not v.startswith("expand.")}
 
 
 def read(src: Path, model: nn.Module) -> Converted:
-    state = load_state_dict(src)
+    state = load_state_dict(src, WeightsBudget.of(model))
     blocks = [f"stages.{s}.layers.{b}" for s, stage in enumerate(model.blocks) for b in range(len(stage))]
     pairs = [("init_conv.conv.conv", "stem.conv"), ("init_conv.bn", "stem.bn"), ("head_conv.conv", "head.conv"),
              ("head_conv.bn", "head.bn"), ("fc", "classifier")]  # fmt: skip

@@ -16,6 +16,7 @@ from torch import nn
 from .common import (
     ConversionError,
     Converted,
+    WeightsBudget,
     block_expands,
     block_prefixes,
     conv_from_tf,
@@ -29,8 +30,12 @@ _SKIP = re.compile(r"(/RMSProp(_\d+)?|/Momentum|/Adam(_\d+)?)$|^global_step$")
 _TF_BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
 
-def read_variables(path: str | Path) -> tuple[str, dict[str, torch.Tensor], str]:
-    """(model scope, {variable name without scope: tensor}, which weights) preferring EMA shadows."""
+def read_variables(path: str | Path, budget: WeightsBudget | None = None) -> tuple[str, dict[str, torch.Tensor], str]:
+    """(model scope, {variable name without scope: tensor}, which weights) preferring EMA shadows.
+
+    With ``budget``, the sizes the index declares for them are counted first: index entries may all point at the
+    same bytes of a shard, so a small checkpoint can declare any amount.
+    """
     with TensorBundle(path) as bundle:
         names = [n for n in bundle.names() if bundle.is_numeric(n) and not _SKIP.search(n)]
         roots = {n.split("/", 1)[0] for n in names if "/" in n}
@@ -59,9 +64,10 @@ def read_variables(path: str | Path) -> tuple[str, dict[str, torch.Tensor], str]
                 stacklevel=2,
             )
             which = "raw training variables (no EMA shadows found)"
-        tensors = {
-            n[len(scope) + 1 :]: bundle.tensor(n + EMA_SUFFIX if n + EMA_SUFFIX in bundle.entries else n) for n in raw
-        }
+        chosen = {n[len(scope) + 1 :]: n + EMA_SUFFIX if n + EMA_SUFFIX in bundle.entries else n for n in raw}
+        if budget is not None:
+            budget.take(path, sum(bundle.entries[n].size for n in chosen.values()), f"its {len(chosen)} variables")
+        tensors = {name: bundle.tensor(n) for name, n in chosen.items()}
     return scope, tensors, which
 
 
@@ -113,7 +119,7 @@ def map_to_ours(tf: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torc
 
 
 def read(src: Path, model: nn.Module) -> Converted:
-    scope, tf, which = read_variables(src)
+    scope, tf, which = read_variables(src, WeightsBudget.of(model))
     return Converted(
         map_to_ours(tf, model),
         source=f"TensorFlow checkpoint '{scope}' ({which})",

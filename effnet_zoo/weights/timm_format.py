@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .common import ConversionError, Converted, check_fits, check_values
+from .common import ConversionError, Converted, WeightsBudget, check_fits, check_ranks, check_values, shapes_of
 from .torch_file import load_state_dict, read_config, verify_digest
 
 _TOP = {"conv_stem": "stem.conv", "bn1": "stem.bn", "conv_head": "head.conv", "bn2": "head.bn"}
@@ -128,6 +128,7 @@ def checkpoint_filter_fn(
         verify_digest(state_dict, path)
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]
+    check_ranks(shapes_of(state_dict), f"the weights of {path or weights_source(cfg)[1] or 'the model'}")
     state_dict = from_timm(state_dict) if is_timm_layout(state_dict) else state_dict
     # timm adapts the classifier (num_classes) and the stem (in_chans) after this filter
     if strict:
@@ -140,7 +141,8 @@ def read(src: Path, model: torch.nn.Module) -> Converted:
     """A timm checkpoint (file or Hub-style folder). ``tf_efficientnet_*`` computed with TF "SAME" padding and
     BN eps 1e-3; native ``efficientnet_*`` with symmetric padding and eps 1e-5. A bare state dict does not say
     which, so then the caller must (``--padding``)."""
-    state = load_state_dict(src)
+    state = load_state_dict(src, WeightsBudget.of(model))
+    check_ranks(shapes_of(state), src)
     if not is_timm_layout(state):
         raise ConversionError(f"{src} is not a timm EfficientNet checkpoint (no 'conv_stem.weight')")
     arch = read_config(src).get("architecture", "")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .common import Converted, block_pairs, map_modules
+from .common import Converted, WeightsBudget, block_pairs, map_modules
 from .torch_file import load_state_dict
 
 _EXPANDING = {"0.0": "expand.conv", "0.1": "expand.bn", "1.0": "dw.conv", "1.1": "dw.bn",
@@ -16,7 +16,7 @@ _PLAIN = {"0.0": "dw.conv", "0.1": "dw.bn", "1.fc1": "se.reduce", "1.fc2": "se.e
 
 
 def read(src: Path, model: nn.Module) -> Converted:
-    state = load_state_dict(src)
+    state = load_state_dict(src, WeightsBudget.of(model))
     blocks = [f"features.{s + 1}.{b}.block" for s, stage in enumerate(model.blocks) for b in range(len(stage))]
     head = len(model.blocks) + 1
     pairs = [("features.0.0", "stem.conv"), ("features.0.1", "stem.bn"), (f"features.{head}.0", "head.conv"),

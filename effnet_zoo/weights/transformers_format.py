@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .common import Converted, block_pairs, block_prefixes, map_modules
+from .common import Converted, WeightsBudget, block_pairs, block_prefixes, map_modules
 from .torch_file import load_state_dict, read_config
 
 _EXPANDING = {"expansion.expand_conv": "expand.conv", "expansion.expand_bn": "expand.bn",
@@ -21,7 +21,7 @@ _PLAIN = {k: v for k, v in _EXPANDING.items() if not v.startswith("expand.")}
 
 
 def read(src: Path, model: nn.Module) -> Converted:
-    state = load_state_dict(src)
+    state = load_state_dict(src, WeightsBudget.of(model))
     enc = "efficientnet.encoder"
     pairs = [("efficientnet.embeddings.convolution", "stem.conv"), ("efficientnet.embeddings.batchnorm", "stem.bn"),
              (f"{enc}.top_conv", "head.conv"), (f"{enc}.top_bn", "head.bn"), ("classifier", "classifier")]  # fmt: skip
