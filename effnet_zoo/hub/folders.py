@@ -272,8 +272,8 @@ def check_publishable(folder: Path) -> None:
     from ..weights.torch_file import load_state_dict
     from .config import check_model_config
 
+    upload_files(folder)  # the weights and config are regular files of the folder's own, or it says which is not
     try:
-        upload_files(folder)  # the weights and config are regular files of the folder's own
         check_model_config(folder / CONFIG_NAME)
         state = load_state_dict(folder / WEIGHTS_NAME)
         check_values(state, str(folder / WEIGHTS_NAME))

@@ -67,11 +67,8 @@ def load_pretrained(name: str, **kwargs) -> nn.Module:
                 raise ValueError(
                     f"no pretrained weights are registered as {name!r}; {hint}, or pass local-dir:DIR / hf-hub:ID"
                 )
-            if (
-                name.startswith("local-dir:")
-                and (config := Path(name.removeprefix("local-dir:")) / "config.json").exists()
-            ):
-                check_model_config(config)
+            if (config := _config_file(name)) is not None and (config.exists() or config.is_symlink()):
+                check_model_config(config)  # a Hub repo's too: timm reads it without checks
             return timm.create_model(name, pretrained=True, **kwargs)
     except HUB_ERRORS as e:  # checking or fetching an hf-hub: config.json
         raise PretrainedWeightsUnavailable(explain_hub_error(e, f"could not load {name!r}")) from e
@@ -82,6 +79,18 @@ def count(n: int, singular: str, plural: str | None = None) -> str:
     return f"{n} {singular if n == 1 else (plural or singular + 's')}"
 
 
+def _config_file(name: str) -> Path | None:
+    """The config.json behind a ``local-dir:`` or (fetched, size-checked first) ``hf-hub:`` name; None for a tag."""
+    if name.startswith("local-dir:"):
+        return Path(name.removeprefix("local-dir:")) / "config.json"
+    if name.startswith("hf-hub:"):
+        from huggingface_hub import hf_hub_download
+
+        repo, _, revision = name.removeprefix("hf-hub:").partition("@")
+        return Path(hf_hub_download(repo, "config.json", revision=revision or None))
+    return None
+
+
 def architecture_of(name: str) -> str:
     """The registered architecture behind a model name: the name itself, or a folder's / Hub repo's config.json's.
 
@@ -90,17 +99,8 @@ def architecture_of(name: str) -> str:
     """
     try:
         with hub_deadline():
-            name = reachable_name(name)
-            if name.startswith("local-dir:"):
-                config = Path(name.removeprefix("local-dir:")) / "config.json"
-            elif name.startswith("hf-hub:"):
-                from huggingface_hub import hf_hub_download
-
-                repo, _, revision = name.removeprefix("hf-hub:").partition("@")
-                config = Path(hf_hub_download(repo, "config.json", revision=revision or None))
-            else:
-                return name
-            return str(read_config_file(config).get("architecture", name))
+            config = _config_file(reachable_name(name))
+            return name if config is None else str(read_config_file(config).get("architecture", name))
     except (HubTimeout, HubServerError) as e:
         raise PretrainedWeightsUnavailable(explain_hub_error(e, f"could not load {name!r}")) from e
     except (
