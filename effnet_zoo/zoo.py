@@ -19,11 +19,14 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCE
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from .hub.access import (
+    HubConfigTooLarge,
     HubServerError,
     HubTimeout,
     cached_hub_entries,
     cached_hub_file,
+    check_cached_ref,
     explain_hub_error,
+    http_errors,
     hub_deadline,
     hub_unreachable,
     unreachable_message,
@@ -264,6 +267,7 @@ def _check_local_weights(name: str, kwargs: dict[str, Any]) -> None:
         files = [Path(where)]
     elif kind == "hf-hub":  # the copies already cached (one downloaded now is opened by timm unchecked)
         names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else WEIGHT_FILES
+        check_cached_ref(where, cfg.to_dict().get("hf_hub_revision"))
         files = cached_hub_entries(where, names, cfg.to_dict().get("hf_hub_revision"))
     if files:
         with torch.device("meta"):
@@ -297,7 +301,17 @@ def _load_failure(e: Exception, name: str, kwargs: dict[str, Any]) -> Exception 
     """One clear error for a pretrained load that failed at its source; None for any other failure."""
     from_torch_load = raised_by_torch_load(e)  # timm re-raises a refused pickle as RuntimeError from it
     if not from_torch_load and not isinstance(
-        e, (EntryNotFoundError, HfHubHTTPError, HubTimeout, HubServerError, SafetensorError, CorruptWeightsError)
+        e,
+        (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            HubTimeout,
+            HubServerError,
+            HubConfigTooLarge,
+            SafetensorError,
+            CorruptWeightsError,
+            *http_errors(),
+        ),
     ):
         return None
     cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))

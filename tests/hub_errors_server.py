@@ -10,7 +10,9 @@ Slow and failing Hubs, for the deadlines effnet_zoo puts on every request:
 - ``acme/slow-config`` sends its config.json a byte per second; ``acme/slow-weights`` sends config.json at
   once and its (announced 50 MB) model.safetensors a byte per second; ``acme/huge-config`` announces a 64 MiB
   config.json (and would stream it at full speed); creating a repo named ``never-answers`` reads the request and
-  never answers.
+  never answers. ``acme/rate-limited`` answers 429 with ``Retry-After: 3600``; ``acme/redirect-loop`` redirects
+  to itself; ``acme/endless-config`` announces a small config.json to a HEAD and streams an endless chunked body
+  to a GET, ``acme/lying-config`` announces 10^12 bytes to the GET.
 - ``start("trickle")``: every answer, the reachability check included, sends its status line and headers a
   byte at a time. ``start("500")``: every request is answered HTTP 500, as a Hub in an outage does.
 
@@ -99,6 +101,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._file(b"\0" * 64 * 2**10, slow=True, length=SLOW_WEIGHTS_BYTES)  # never gets past the first bytes
         elif path == "/acme/huge-config/resolve/main/config.json":
             self._huge_config()
+        elif path.startswith("/acme/rate-limited/"):
+            self._reply(429, {"Retry-After": "3600", "X-Error-Message": "Too many requests"})
+        elif path.startswith("/acme/redirect-loop/"):
+            self._reply(302, {"Location": path})
+        elif path == "/acme/endless-config/resolve/main/config.json":
+            self._endless_config(chunked=True)
+        elif path == "/acme/lying-config/resolve/main/config.json":
+            self._endless_config(chunked=False)
         elif path.startswith(("/acme/no-weights/resolve/", "/acme/slow-config/resolve/", "/acme/slow-weights/")):
             self._error(404, "EntryNotFound", "Entry not found")
         else:
@@ -114,6 +124,22 @@ class _Handler(BaseHTTPRequestHandler):
         for _ in range(HUGE_CONFIG_BYTES // len(chunk)):  # as fast as the client reads
             if self.server.stopping.is_set() or not self._send(chunk):
                 break
+        self.close_connection = True
+
+    def _endless_config(self, chunked: bool) -> None:
+        """A HEAD that announces a small config.json; a GET that sends an endless chunked body, or announces
+        10^12 bytes (and would send them)."""
+        length = len(CONFIG) if self.command == "HEAD" else None if chunked else 10**12
+        headers = {"X-Repo-Commit": COMMIT, "ETag": '"' + "e" * 40 + '"'}
+        headers.update({"Transfer-Encoding": "chunked"} if length is None else {"Content-Length": str(length)})
+        head = "HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        if not self._send(head.encode()) or self.command == "HEAD":
+            return
+        chunk = b" " * 2**20
+        framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n" if chunked else chunk
+        ends = time.monotonic() + GIVE_UP_S
+        while not self.server.stopping.is_set() and time.monotonic() < ends and self._send(framed):
+            pass  # as fast as the client reads, until it hangs up
         self.close_connection = True
 
     def do_POST(self) -> None:  # noqa: N802

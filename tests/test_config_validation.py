@@ -54,7 +54,18 @@ DAMAGE = {
     "model_args unknown": (("model_args", "stem_size"), 32, "'model_args' holds \"stem_size\", which effnet_v1_b0"),
     "width too wide": (("model_args", "width_mult"), 1e4, "'model_args' do not build effnet_v1_b0"),
     "act_layer a number": (("model_args", "act_layer"), 3, "'model_args.act_layer' should be a timm activation"),
+    # a second attack: keys timm acts on (tracebacks), and values in range one by one that blow up together
+    "custom_load": (("pretrained_cfg", "custom_load"), "hf", "'pretrained_cfg.custom_load' should be false"),
+    "fixed_input_size": (("pretrained_cfg", "fixed_input_size"), True, "'pretrained_cfg.fixed_input_size' should"),
+    "label_offset a string": (("pretrained_cfg", "label_offset"), "x", "'pretrained_cfg.label_offset' should be 0"),
+    "hf_hub_filename a number": (("pretrained_cfg", "hf_hub_filename"), 5, "'pretrained_cfg.hf_hub_filename' should"),
+    "std tiny": (("pretrained_cfg", "std"), [1e-300] * 3, "'pretrained_cfg.std' should be a list of 1 or 3 numbers in"),
+    "mean huge": (("pretrained_cfg", "mean"), [1e308, 0, 0], "'pretrained_cfg.mean' should be a list of 1 or 3"),
+    "resize too large": (("pretrained_cfg", "crop_pct"), 0.25, "(the resize before the crop, input / crop_pct"),
+    "feature map too large": (("model_args", "output_stride"), 4, "'model_args.output_stride' should be at least"),
 }
+# the last two are in range alone: with a 1600 px input, a 32x1 image took 5.9 GB and four images 8 GB
+LARGE_INPUT = {"resize too large", "feature map too large"}
 
 
 def damaged(where: tuple[str, ...], value) -> dict:
@@ -82,6 +93,8 @@ def photo(tmp_path_factory) -> Path:
 def test_every_route_refuses_a_bad_config_with_one_line_naming_the_key(damage, weights, photo, tmp_path):
     where, value, message = DAMAGE[damage]
     config = damaged(where, value)
+    if damage in LARGE_INPUT:
+        config["pretrained_cfg"]["input_size"] = [3, 1600, 1600]
     files = {"config.json": json.dumps(config).encode(), "model.safetensors": weights}
     repo = f"org/{damage.replace(' ', '-')}"
     add_hub_repo(repo, files)  # the suite's offline Hub cache: huggingface_hub's real client reads it
@@ -96,7 +109,7 @@ def test_every_route_refuses_a_bad_config_with_one_line_naming_the_key(damage, w
         assert message in lines[0] and "config.json" in lines[0], (name, lines[0])
     # Python: timm reads the file itself, and the values reach effnet_zoo's builder, which refuses them by name
     # (an architecture that is not ours is timm's to build; model_args timm passes as arguments)
-    if where[0] in ("pretrained_cfg", "label_names", "num_classes"):
+    if where[0] in ("pretrained_cfg", "label_names", "num_classes") and damage not in LARGE_INPUT:
         for name in (f"hf-hub:{repo}", f"local-dir:{folder}"):
             with pytest.raises(ValueError, match=where[-1]):
                 timm.create_model(name, pretrained=True)
@@ -109,6 +122,14 @@ def test_a_huge_config_json_is_refused_before_it_is_read(tmp_path):
         f.truncate(2 * 2**30)  # sparse: 2 GB on paper, nothing on disk
     with pytest.raises(ValueError, match="is 2,147,483,648 bytes, over the 8,388,608 a model config can need"):
         read_config_file(path)
+
+
+def test_an_integer_of_thousands_of_digits_is_named_with_its_file(tmp_path):
+    """num_classes written with 5000 digits gave Python's "Exceeds the limit (4300 digits)", naming no file."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(BASE).replace('"num_classes": 2', '"num_classes": ' + "9" * 5000, 1))
+    with pytest.raises(ValueError, match=f"{path} is not valid JSON .*4300"):
+        check_model_config(path)
 
 
 def test_the_saved_configs_of_every_layout_pass(tmp_path):

@@ -65,6 +65,10 @@ cases = {
     "http 500": ("500", None, predict("hf-hub:acme/some-model")),
     "push never answered": ("errors", "2", lambda: main(["push", f"{work}/tiny", "--repo-id", "acme/never-answers"])),
     "huge config": ("errors", None, predict("hf-hub:acme/huge-config")),
+    "rate limited": ("errors", "10", predict("hf-hub:acme/rate-limited")),
+    "redirect loop": ("errors", None, predict("hf-hub:acme/redirect-loop")),
+    "endless config": ("errors", None, predict("hf-hub:acme/endless-config")),
+    "lying config": ("errors", None, predict("hf-hub:acme/lying-config")),
     "bad setting": ("errors", "soon", predict("hf-hub:acme/tiny")),
     "healthy": ("errors", "2", predict("hf-hub:acme/tiny")),
 }
@@ -201,4 +205,21 @@ def test_an_oversized_hub_config_is_refused_before_it_is_downloaded(outcomes):
 
 def test_an_unusable_setting_is_one_line(outcomes):
     line = _one_line_error(outcomes["bad setting"])
-    assert line.endswith("EFFNET_ZOO_HUB_TIMEOUT='soon': expected a number of seconds above 0, e.g. 1200"), line
+    expected = "EFFNET_ZOO_HUB_TIMEOUT='soon': expected a number of seconds from 1 to 604,800, e.g. 1200"
+    assert line.endswith(expected), line
+
+
+def test_rate_limits_redirect_loops_and_endless_configs_end_at_once(outcomes):
+    """A 429 with Retry-After: 3600 held every command an hour (whatever the setting); a redirect loop was a
+    TooManyRedirects traceback; a config.json announced small, then endless (or 10^12 bytes), wrote 10 GB into
+    the Hub cache before the deadline."""
+    line = _one_line_error(outcomes["rate limited"])
+    assert "the Hub answered HTTP 429 (too many requests)" in line and "try again in 3600 s" in line, line
+    assert outcomes["rate limited"]["seconds"] < 15
+    assert "TooManyRedirects" in _one_line_error(outcomes["redirect loop"])
+    for case in ("endless config", "lying config"):
+        line = _one_line_error(outcomes[case])
+        assert "the Hub sent more than 8,388,608 bytes for GET" in line and "config.json" in line, line
+        assert outcomes[case]["seconds"] < 15, outcomes[case]
+    cached = sum(p.stat().st_size for p in outcomes["cache"].rglob("*") if p.is_file())
+    assert cached < 64 * 2**20, f"{cached:,} bytes left in the Hub cache"

@@ -287,3 +287,41 @@ def test_sigterm_mid_write_cleans_up_and_a_killed_runs_lock_is_taken_over(folder
     assert result.returncode == 0, result.stderr
     assert any(".checkpoint.pt.x1y2.tmp" in str(w.message) for w in record)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_the_run_lock_is_never_followed_or_read_without_bound(folder, data, tmp_path):
+    """A run lock linked to a user's file overwrote it with the pid (and printed its content as "pid ..."); one
+    linked to /dev/zero was read until memory ran out; a FIFO gave "File or stream is not seekable"."""
+    precious = tmp_path / "thesis.txt"
+    precious.write_text("three years of work")
+    for name, make, expected in (
+        ("linked", lambda p: p.symlink_to(precious), "is a symbolic link, not the lock file a run writes"),
+        ("zero", lambda p: p.symlink_to("/dev/zero"), "is a device, not the lock file a run writes"),
+        ("fifo", os.mkfifo, "is a FIFO (named pipe), not the lock file a run writes"),
+    ):
+        out = tmp_path / name
+        out.mkdir()
+        make(out / LOCK)
+        result = finetune(data, folder, out)
+        assert result.returncode == 2 and expected in result.stderr, (name, result.stderr)
+    assert precious.read_text() == "three years of work"
+
+
+def test_resume_bounds_a_checkpoint_before_inflating_it(folder, data, tmp_path):
+    """A 2 MB checkpoint.pt whose zip member inflates to 2 GiB was inflated (2.8 GB) before being refused."""
+    import zipfile
+
+    from conftest import peak_growth
+
+    out = tmp_path / "run"
+    assert finetune(data, folder, out).returncode == 0
+    bomb = tmp_path / "bomb.pt"
+    torch.save({"epoch": 0, "model": torch.zeros(64 * 2**20)}, bomb)  # 256 MiB of zeros, over the tiny budget
+    with zipfile.ZipFile(bomb) as src, zipfile.ZipFile(out / "checkpoint.pt", "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            dst.writestr(item.filename, src.read(item.filename))
+    assert (out / "checkpoint.pt").stat().st_size < 2**20
+    with peak_growth() as growth:
+        result = finetune(data, folder, out, "--resume")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert growth.mb < 100, f"{growth.mb:.0f} MB"

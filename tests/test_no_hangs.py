@@ -90,3 +90,37 @@ def test_a_fifo_in_the_hub_cache_is_refused_not_read(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=DEADLINE_S,
                             env=env)  # fmt: skip
     assert "a FIFO (named pipe), not a regular file" in result.stdout, result.stdout + result.stderr[-2000:]
+
+
+def test_predict_names_what_it_cannot_read_and_goes_on(folder, tmp_path):
+    """A FIFO or /dev/zero given by name was skipped as "empty file (0 bytes)"; a link predict may not even look
+    at ended the whole run with "Permission denied"."""
+    tree = tmp_path / "photos"
+    image_tree(tree, 1)
+    os.mkfifo(tree / "a" / "pipe.png")
+    (tree / "b" / "zero.png").symlink_to("/dev/zero")
+    (tree / "b" / "forbidden.png").symlink_to("/proc/1/cwd/x.png")  # EACCES, even for root, in a container
+    result = run_cli("predict", tree, tree / "a" / "pipe.png", "--model", f"local-dir:{folder}", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    assert "a FIFO (named pipe), not a regular file" in reasons["pipe.png"]
+    assert "a device, not a regular file" in reasons["zero.png"]
+    if "forbidden.png" in reasons:  # where the link can be looked at, it is simply broken
+        assert "not a regular file" in reasons["forbidden.png"] or "cannot be read" in reasons["forbidden.png"]
+    assert len(report["predictions"]) == 2
+
+
+def test_a_damaged_hub_cache_ref_is_named_not_read_whole(tmp_path):
+    """A 1 GiB refs/main in the Hub cache took 8 GB of memory (huggingface_hub reads it whole)."""
+    cache = tmp_path / "hub"
+    snapshot = add_hub_repo("org/bigref", {"config.json": b"{}"}, cache)
+    with open(snapshot.parent.parent / "refs" / "main", "wb") as f:
+        f.truncate(2**30)  # sparse
+    image_tree(tmp_path / "photos", 1)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    script = "import sys; from effnet_zoo.cli import main; sys.exit(main(sys.argv[1:]))"
+    photos = str(tmp_path / "photos")
+    result = subprocess.run([sys.executable, "-c", script, "predict", photos, "--model", "hf-hub:org/bigref"],
+                            capture_output=True, text=True, timeout=DEADLINE_S, env=env)  # fmt: skip
+    assert result.returncode == 2 and "is 1,073,741,824 bytes, not a commit hash" in result.stderr, result.stderr

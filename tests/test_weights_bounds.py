@@ -411,3 +411,35 @@ def test_check_fits_answers_any_shapes_with_conversion_error(edits):
         check_fits(_SKELETON, state, "effnet_v1_b0")
     except ConversionError as e:
         assert str(e)
+
+
+def test_keras_files_that_lie_about_their_layers_get_one_line(tmp_path):
+    """weight_names naming a missing dataset gave h5py's KeyError traceback; float128 data numpy's TypeError."""
+    import h5py
+    import numpy as np
+
+    missing, wide = tmp_path / "missing.h5", tmp_path / "wide.h5"
+    with h5py.File(missing, "w") as f:
+        f.create_group("stem_conv").attrs["weight_names"] = [b"nope:0"]
+    with h5py.File(wide, "w") as f:
+        f.create_dataset("stem_conv/stem_conv/kernel:0", data=np.zeros((3, 3, 3, 8), np.longdouble))
+    for path in (missing, wide):
+        result = cli("convert", path, "--from", "keras-h5", "--model", "effnet_v1_b0", "--out", tmp_path / "o")
+        assert result.returncode == 2 and "is not a Keras EfficientNet weights file" in result.stderr, result.stderr
+
+
+def test_a_safetensors_header_of_millions_of_tensors_is_refused_unparsed(tmp_path):
+    """89 MB of header declaring 1.5 M empty tensors (within the file-size budget) took 3.8 GB to parse."""
+    import json
+    import struct
+
+    header = json.dumps({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(300_000)})
+    header += " " * (-len(header) % 8)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode())
+    with peak_growth() as growth:
+        result = cli("convert", folder, "--from", "timm", "--model", "effnet_v1_b0", "--out", tmp_path / "o",
+                     "--padding", "same")  # fmt: skip
+    assert result.returncode == 2 and "-byte header, over the 4,194,304" in result.stderr, result.stderr
+    assert growth.mb < MAX_GROWTH_MB

@@ -31,6 +31,7 @@ DEFAULT_TIMEOUT_S = 600.0
 # works, so 1/20 of the timeout (30 s) means it is stuck; the reachability check decides whether to use a cached
 # copy instead, so it gets 1/200 (3 s). Neither gets less than a second.
 REQUEST_SHARE, PROBE_SHARE, MIN_LIMIT_S = 1 / 20, 1 / 200, 1.0
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: past this the watchdog's clock arithmetic overflowed (1e308)
 TRANSFER_BYTES = 2**20  # a request or answer carrying more than this is a file transfer: it gets the whole timeout
 
 
@@ -43,8 +44,11 @@ def hub_timeout() -> float:
         seconds = float(text)
     except ValueError:
         seconds = math.nan
-    if not (0 < seconds < math.inf):
-        raise ValueError(f"{TIMEOUT_ENV}={printable(text)!r}: expected a number of seconds above 0, e.g. 1200")
+    if not (MIN_LIMIT_S <= seconds <= MAX_TIMEOUT_S) or not text.isascii():
+        raise ValueError(
+            f"{TIMEOUT_ENV}={printable(text)!r}: expected a number of seconds from {MIN_LIMIT_S:g} to "
+            f"{MAX_TIMEOUT_S:,.0f}, e.g. 1200"
+        )
     return seconds
 
 
@@ -74,12 +78,52 @@ class HubTimeout(RuntimeError):
 
 
 class HubServerError(RuntimeError):
-    """The Hub answered with a server error (5xx) a request huggingface_hub was about to repeat: its back-off
-    takes ~25 s per file and ends in "could not be reached", so the first answer is the error."""
+    """The Hub answered with a server error (5xx) a request huggingface_hub was about to repeat, or said it is
+    rate limiting (429): its back-off takes ~25 s per file (an hour for a long Retry-After) and ends in "could not
+    be reached", so the first answer is the error."""
 
-    def __init__(self, status: int, request: str) -> None:
+    def __init__(self, status: int, request: str, retry_after: str | None = None) -> None:
         self.status = status
-        super().__init__(f"the Hub answered HTTP {status} to {request}; try again later")
+        later = f"try again in {printable(retry_after[:20])} s" if retry_after else "try again later"
+        why = " (too many requests)" if status == 429 else ""
+        super().__init__(f"the Hub answered HTTP {status}{why} to {request}; {later}")
+
+
+class HubConfigTooLarge(RuntimeError):
+    """A config.json download that ran past the size a model config can be (the HEAD said otherwise)."""
+
+
+def _cap_config_download(response: Any) -> None:
+    """Hold a config.json download to MAX_CONFIG_BYTES, whatever its headers say (a server announcing 940 B and
+    sending an endless body wrote 10 GB into the cache): a declared length over it is refused at once, and the
+    body is counted as it arrives."""
+    from .config import MAX_CONFIG_BYTES
+
+    limit = MAX_CONFIG_BYTES
+    error = HubConfigTooLarge(
+        f"the Hub sent more than {limit:,} bytes for {_shown(response.request)}, over what a model config can be; "
+        "nothing was kept"
+    )
+    if int(response.headers.get("content-length") or 0) > limit:
+        raise error
+    stream = response.stream
+    base = next((c for c in type(stream).__mro__ if c.__name__ == "SyncByteStream"), None)
+    if base is None:  # an async client: not what huggingface_hub downloads with
+        return
+
+    class Capped(base):
+        def __iter__(self) -> Iterator[bytes]:
+            seen = 0
+            for chunk in stream:
+                seen += len(chunk)
+                if seen > limit:
+                    raise error
+                yield chunk
+
+        def close(self) -> None:
+            stream.close()
+
+    response.stream = Capped()
 
 
 def _shown(request: Any) -> str:
@@ -157,8 +201,15 @@ class _Operation:
         request.extensions["trace"] = functools.partial(self._trace, call, request.extensions.get("trace"))
 
     def answered(self, response: Any) -> None:
-        """The response hook: remember a 5xx (a repeat is refused); a file download gets the whole deadline."""
+        """The response hook: remember a 5xx (a repeat is refused); refuse a 429 at once (huggingface_hub would
+        sleep for its Retry-After, an hour if the server says so); hold a config.json to the size a config can
+        be; a file download gets the whole deadline."""
         request = response.request
+        if response.status_code == 429:
+            raise HubServerError(429, _shown(request), response.headers.get("retry-after"))
+        if request.method == "GET" and request.url.path.endswith("/config.json") and response.status_code < 300:
+            _cap_config_download(response)
+            return
         with self.cond:
             if response.status_code >= 500:
                 self.server_errors[(request.method, str(request.url))] = response.status_code
@@ -323,7 +374,7 @@ def hub_deadline(seconds: float | None = None) -> Iterator[None]:
     _install(operation)
     try:
         yield
-    except (HubTimeout, HubServerError):
+    except (HubTimeout, HubServerError, HubConfigTooLarge):
         raise
     except Exception as e:
         if (call := operation.overran()) is None:
@@ -354,7 +405,7 @@ def explain_hub_error(error: BaseException, what: str) -> str:
     status = getattr(getattr(error, "response", None), "status_code", None)
     url = getattr(getattr(error, "response", None), "url", None)
     cache = f"the local cache ({constants.HF_HUB_CACHE})"
-    if isinstance(error, (HubTimeout, HubServerError)):
+    if isinstance(error, (HubTimeout, HubServerError, HubConfigTooLarge)):
         return f"{what}: {error}"
     if isinstance(error, OfflineModeIsEnabled):
         return f"{what}: HF_HUB_OFFLINE=1 is set, so the Hub is not contacted; unset it to go online"
@@ -417,6 +468,15 @@ def hub_unreachable() -> str | None:
     return None
 
 
+def http_errors() -> tuple[type[BaseException], ...]:
+    """The base error of the HTTP library huggingface_hub talks through (a redirect loop raised it raw)."""
+    from huggingface_hub.utils import _http
+
+    lib = getattr(_http, "httpx2", None) or getattr(_http, "httpx", None) or getattr(_http, "requests", None)
+    error = getattr(lib, "HTTPError", None) or getattr(getattr(lib, "exceptions", None), "RequestException", None)
+    return (error,) if isinstance(error, type) else ()
+
+
 def check_hub_config_size(repo_id: str, revision: str | None, what: str) -> None:
     """Refuse a Hub repo whose config.json is larger than a model config can be, from the file's metadata
     (nothing downloaded): a 2 GB one took 4.8 GB of memory and left 2.1 GB in the cache."""
@@ -442,6 +502,27 @@ def cached_hub_file(repo_id: str, filenames: tuple[str, ...], revision: str | No
         if isinstance(path, str):
             return path
     return None
+
+
+def check_cached_ref(repo_id: str, revision: str | None = None) -> None:
+    """The Hub cache's ``refs/<revision>`` of ``repo_id`` must be a small regular file (a commit hash):
+    huggingface_hub reads it whole, and a 1 GB one took 8 GB of memory. ValueError naming it otherwise."""
+    from huggingface_hub import constants
+
+    from ..weights.common import special_file
+
+    folder = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    ref = folder / "refs" / (revision or "main")
+    if not os.path.lexists(ref):
+        return
+    kind = special_file(ref)
+    if kind is None and ref.stat().st_size > 256:
+        kind = f"{ref.stat().st_size:,} bytes"
+    if kind:
+        raise ValueError(
+            f"{ref} is {kind}, not a commit hash: this repo's copy in the Hub cache is damaged; delete {folder} and "
+            "download it again"
+        )
 
 
 def cached_hub_entries(repo_id: str, filenames: tuple[str, ...], revision: str | None = None) -> list[Path]:

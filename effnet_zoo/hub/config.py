@@ -61,6 +61,13 @@ MAX_CONFIG_BYTES = 8 * 2**20  # ImageNet-22k's 21,843 label names with descripti
 MAX_INPUT_SIDE = 1600  # twice EfficientNet-L2's 800 px; [3, 12000, 12000] took 7.3 GB in predict
 MIN_CROP_PCT = 0.25  # the eval resize is input / crop_pct: 0.01 resized a photo to 22400 px (3.6 GB)
 MAX_CLASSES = 100_000  # ImageNet-22k has 21,843
+# The eval resize is to input / crop_pct before the crop, and the long side follows the aspect ratio: with an
+# input of 1600 at crop_pct 0.25, a 72-byte 32x1 PNG took 5.9 GB. The resize's short side stays within this.
+MAX_RESIZE_SIDE = 2048
+# The deepest feature map's side (input / output_stride) within this: output_stride 2 at 1600 px took 8 GB for
+# four images. EfficientNet-L2 at 800 px with output_stride 4 is 200.
+MAX_FEATURE_SIDE = 200
+MIN_STD, MAX_MEAN = 1e-3, 10.0  # pixels are normalised from [0, 1]: std 1/255 for 0-255 inputs is 0.0039
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos")  # what timm's eval transform takes
 CROP_MODES = ("center", "squash", "border")
 # A Hub license identifier (apache-2.0, mit, cc-by-nc-4.0, other): written into the model card's YAML header, so
@@ -86,7 +93,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
             config = json.loads(f.read(MAX_CONFIG_BYTES + 1).decode("utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot be read ({e})") from e
-    except (json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, and ints past Python's 4300 digits
         raise ValueError(f"{path} is not valid JSON ({e}); save the model again with effnet_zoo") from e
     if not isinstance(config, dict):
         raise ValueError(f"{path}: the file should be a JSON object, got {_shown(config)}")
@@ -130,6 +137,32 @@ def pretrained_cfg_problems(cfg: dict[str, Any], in_chans: int = 3) -> list[tupl
         value = cfg.get(key)
         if value is not None and not (_number(value) and MIN_CROP_PCT <= value <= 1):
             problems.append((key, f"a number in [{MIN_CROP_PCT}, 1] (the published models use 0.875-0.96)", value))
+    for size_key, crop_key in (("input_size", "crop_pct"), ("test_input_size", "test_crop_pct")):
+        size, crop = cfg.get(size_key), cfg.get(crop_key, cfg.get("crop_pct"))
+        if (
+            not any(k in (size_key, crop_key) for k, _, _ in problems)
+            and isinstance(size, (list, tuple))
+            and len(size) == 3
+            and _number(crop)
+            and crop > 0
+            and min(size[1:]) / crop > MAX_RESIZE_SIDE
+        ):
+            problems.append((crop_key, f"at least {min(size[1:]) / MAX_RESIZE_SIDE:.3g} for an input of "
+                             f"{min(size[1:])} px (the resize before the crop, input / crop_pct, stays within "
+                             f"{MAX_RESIZE_SIDE} px)", crop))  # fmt: skip
+    if cfg.get("custom_load") not in (None, False):  # timm then calls model.load_pretrained, which ours lack
+        problems.append(
+            ("custom_load", "false (effnet_zoo models load through timm's standard loader)", cfg["custom_load"])
+        )
+    if cfg.get("fixed_input_size") not in (None, False):  # timm then passes img_size, which ours do not take
+        problems.append(("fixed_input_size", "false (effnet_zoo models take any input size)", cfg["fixed_input_size"]))
+    if cfg.get("label_offset") is not None and not _whole(cfg["label_offset"], 0, 1):
+        problems.append(
+            ("label_offset", "0 or 1 (1: the checkpoint has a background class first)", cfg["label_offset"])
+        )
+    for key in ("hf_hub_id", "hf_hub_filename", "hf_hub_revision", "url", "file", "source", "origin_url", "notes"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], str):
+            problems.append((key, "a string", cfg[key]))
     value = cfg.get("interpolation")
     if value is not None and value not in INTERPOLATIONS:
         problems.append(("interpolation", f"one of {', '.join(INTERPOLATIONS)}", value))
@@ -143,9 +176,16 @@ def pretrained_cfg_problems(cfg: dict[str, Any], in_chans: int = 3) -> list[tupl
         if value is not None and not (
             isinstance(value, (list, tuple))
             and len(value) in lengths
-            and all(_number(v) and (key == "mean" or v > 0) for v in value)
-        ):
-            what = "numbers" if key == "mean" else "numbers > 0"
+            and all(
+                _number(v) and (-MAX_MEAN <= v <= MAX_MEAN if key == "mean" else MIN_STD <= v <= 1 / MIN_STD)
+                for v in value
+            )
+        ):  # std 1e-300 divided every pixel to Inf; mean 1e308 made NaN, both blamed on the image
+            what = (
+                f"numbers in [-{MAX_MEAN:g}, {MAX_MEAN:g}]"
+                if key == "mean"
+                else f"numbers in [{MIN_STD:g}, {1 / MIN_STD:g}]"
+            )
             problems.append((key, f"a list of {' or '.join(map(str, lengths))} {what} (one per input channel)", value))
     num_classes = cfg.get("num_classes")
     if num_classes is not None and not _whole(num_classes, 0, MAX_CLASSES):
@@ -276,6 +316,14 @@ def check_config(config: Any, source: str) -> dict[str, Any]:
     for key, expected, value in pretrained_cfg_problems(cfg, in_chans):
         top = key in ("label_names", "label_descriptions") or (key == "num_classes" and "num_classes" in config)
         raise bad(f"'{key if top else 'pretrained_cfg.' + key}'", expected, value)
+    stride, size = model_args.get("output_stride", 32), cfg.get("input_size") or [3, 224, 224]
+    if _number(stride) and stride > 0 and max(size[1:]) / stride > MAX_FEATURE_SIDE:
+        raise bad(
+            "'model_args.output_stride'",
+            f"at least {math.ceil(max(size[1:]) / MAX_FEATURE_SIDE)} for {max(size[1:])} px inputs (the deepest "
+            f"feature map, input / output_stride, stays within {MAX_FEATURE_SIDE} px: memory grows with its area)",
+            stride,
+        )
     try:  # what the checks above cannot see (a size over the parameter limit, arguments that contradict)
         with torch.device("meta"):
             timm.create_model(arch, num_classes=cfg.get("num_classes", 1000), **model_args)

@@ -16,11 +16,14 @@ from timm.data.readers.reader_image_folder import ReaderImageFolder
 from torch import nn
 
 from ..hub.access import (
+    HubConfigTooLarge,
     HubServerError,
     HubTimeout,
     cached_hub_file,
+    check_cached_ref,
     check_hub_config_size,
     explain_hub_error,
+    http_errors,
     hub_deadline,
     hub_unreachable,
     unreachable_message,
@@ -29,7 +32,10 @@ from ..hub.config import check_model_config, read_config_file
 from ..zoo import PretrainedWeightsUnavailable
 
 # What the Hub may answer a model load with, each explained by explain_hub_error
-HUB_ERRORS = (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, HubTimeout, HubServerError)
+HUB_ERRORS = (
+    EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, HubTimeout, HubServerError, HubConfigTooLarge,
+    *http_errors(),
+)  # fmt: skip
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -42,6 +48,7 @@ def reachable_name(name: str) -> str:
     if not name.startswith("hf-hub:"):
         return name
     repo, _, revision = name.removeprefix("hf-hub:").partition("@")
+    check_cached_ref(repo, revision or None)
     if (reason := hub_unreachable()) is None:
         check_hub_config_size(repo, revision or None, f"could not load {name!r}")
         return name
@@ -101,7 +108,7 @@ def architecture_of(name: str) -> str:
         with hub_deadline():
             config = _config_file(reachable_name(name))
             return name if config is None else str(read_config_file(config).get("architecture", name))
-    except (HubTimeout, HubServerError) as e:
+    except (HubTimeout, HubServerError, HubConfigTooLarge) as e:
         raise PretrainedWeightsUnavailable(explain_hub_error(e, f"could not load {name!r}")) from e
     except (
         OSError,
@@ -146,6 +153,8 @@ MAX_ASPECT_RATIO = 32
 def open_image(source: Path | bytes) -> Image.Image:
     """An RGB image from a file or its bytes, whatever its mode (grayscale, palette, CMYK, alpha); else a
     ValueError saying what is wrong: empty, not an image, damaged, or too large to decode safely."""
+    if isinstance(source, Path) and (reason := not_an_image_file(source)):  # a FIFO would block, /dev/zero never end
+        raise ValueError(reason)
     if (len(source) if isinstance(source, bytes) else source.stat().st_size) == 0:
         raise ValueError("empty file (0 bytes)")
     try:
@@ -284,6 +293,16 @@ def image_folder(root: str | Path, class_to_idx: dict[str, int] | None = None, l
     return ImageDataset(str(root), reader=ImageFolderReader(root, class_to_idx), load_bytes=load_bytes)
 
 
+def _listed(path: Path) -> bool:
+    """Whether a found entry is handed on: anything but a folder. What is not a regular file (a FIFO, a device, a
+    broken link, a link this user may not even look at) is then skipped with its reason by the reader, instead of
+    vanishing from the count or ending the run."""
+    try:
+        return not path.is_dir()
+    except OSError:
+        return True
+
+
 def expand_image_paths(inputs: list[str]) -> list[Path]:
     """Files, folders (searched recursively for image extensions) and glob patterns, in the order given.
 
@@ -296,7 +315,7 @@ def expand_image_paths(inputs: list[str]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths += sorted(f for f in _walk_files(p) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            paths += sorted(f for f in _walk_files(p) if _listed(f) and f.suffix.lower() in IMAGE_EXTENSIONS)
         elif p.exists():
             paths.append(p)
         else:
@@ -310,5 +329,5 @@ def expand_image_paths(inputs: list[str]) -> list[Path]:
                 matches = sorted(glob.glob(item))
             if not matches:
                 raise FileNotFoundError(f"{item!r} is not a file, a folder or a glob that matches anything")
-            paths += [Path(m) for m in matches if Path(m).is_file()]
+            paths += [Path(m) for m in matches if _listed(Path(m))]
     return paths

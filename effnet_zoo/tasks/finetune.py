@@ -35,8 +35,8 @@ from .._io import atomic_write, atomic_write_text, check_output, remove
 from .._text import printable
 from ..hub import save_pretrained
 from ..hub.config import check_layout, model_args_of
-from ..weights.common import check_fits, require_regular_file
-from ..weights.torch_file import torch_load_error
+from ..weights.common import WeightsBudget, check_fits, require_regular_file, special_file
+from ..weights.torch_file import check_weights_file, torch_load_error
 from ..zoo import paper_regularization
 from .common import architecture_of, autocast, count, image_folder, load_pretrained, resolve_device
 
@@ -192,10 +192,16 @@ def _fitting_batch_size(batch_size: int, images: int, world: int, main: bool = T
 CHECKPOINT_KEYS = ("epoch", "updates", "history", "classes", "config", "model", "optimizer", "scheduler")
 
 
-def _read_checkpoint(path: Path, device: torch.device | str = "cpu", mmap: bool = False) -> dict:
-    """A checkpoint this command wrote, loaded without running code; ValueError if the file is not one."""
+def _read_checkpoint(
+    path: Path, device: torch.device | str = "cpu", mmap: bool = False, model: nn.Module | None = None
+) -> dict:
+    """A checkpoint this command wrote, loaded without running code; ValueError if the file is not one.
+
+    Its declared sizes are bounded first (by ``model``: its weights, EMA and two optimizer moments), so a zip
+    member inflating to gigabytes is refused unread."""
     redo = "restore it, or start over with --force"
     require_regular_file(path, "--resume: the checkpoint")
+    check_weights_file(path, WeightsBudget.of(model) if model is not None else None)
     try:
         state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:  # damaged by hand or by the disk: checkpoints are written atomically
@@ -303,25 +309,30 @@ def _run_lock(out: Path, main: bool):
 
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK, "a+") as f:
+    lock = out / LOCK
+    if kind := special_file(lock) or ("a symbolic link" if lock.is_symlink() else None):
+        raise FileExistsError(f"{lock} is {kind}, not the lock file a run writes; remove it and run again")
+    try:  # never through a link (a link to a user's file was overwritten with the pid), never a FIFO or device
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        raise FileExistsError(f"{lock} cannot be opened as the run's lock file ({e.strerror}); remove it") from e
+    with os.fdopen(fd, "r+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            f.seek(0)
             raise FileExistsError(
-                f"another finetune (pid {f.read().strip() or '?'}) is writing to {out}; wait for it to finish, or "
-                "choose another --out"
+                f"another finetune (pid {_pid_in(f)}) is writing to {out}; wait for it to finish, or choose "
+                "another --out"
             ) from None
-        f.seek(0)
-        previous = f.read().strip()
+        previous = _pid_in(f)
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
         f.flush()
-        if previous:  # the lock file of a run that was killed (SIGKILL, power loss): its lock died with it
+        if previous != "?":  # the lock file of a run that was killed (SIGKILL, power loss): its lock died with it
             leftovers = _remove_leftovers(out)
             warnings.warn(
-                f"took over {out / LOCK} from finetune pid {printable(previous)}, which is no longer running"
+                f"took over {lock} from finetune pid {previous}, which is no longer running"
                 + (
                     f"; removed the temporary files it left ({', '.join(map(printable, leftovers))})"
                     if leftovers
@@ -335,6 +346,13 @@ def _run_lock(out: Path, main: bool):
             (out / LOCK).unlink(missing_ok=True)  # still held: no other run can be between its open and lock
             if created and not any(out.iterdir()):  # failed before writing anything: leave no empty folder
                 out.rmdir()
+
+
+def _pid_in(f) -> str:  # noqa: ANN001  (an open text file)
+    """The pid a lock file records (read at most 32 bytes), or '?' if it holds none."""
+    f.seek(0)
+    text = f.read(32).strip()
+    return text if text.isdigit() else "?"
 
 
 def _remove_leftovers(out: Path) -> list[str]:
@@ -419,7 +437,7 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
     settings = {**asdict(cfg), "amp": amp, "channels_last": channels_last}  # as resolved for this device
     start_epoch, updates, history = 0, 0, []
     if cfg.resume:
-        state = _read_checkpoint(out / CHECKPOINT, env.device)
+        state = _read_checkpoint(out / CHECKPOINT, env.device, model=model)
         saved = state["config"] if isinstance(state["config"], dict) else {}
         _check_same_settings(saved, settings, state.get("world_size", 1), env.world)
         if state["classes"] != classes:

@@ -202,7 +202,15 @@ def read(src: Path, model: nn.Module) -> Converted:
     with f:
         _check_self_contained(h5py, src, f)
         keras3 = "layers" in f and "model_weights" not in f
-        state, norm = (_read_keras3 if keras3 else _read_legacy)(f, model, tensor)
+        try:
+            state, norm = (_read_keras3 if keras3 else _read_legacy)(f, model, tensor)
+        except ConversionError:
+            raise
+        except (KeyError, TypeError, ValueError, OSError, IndexError) as e:  # h5py's and numpy's on a file that lies
+            raise ConversionError(
+                f"{src} is not a Keras EfficientNet weights file ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                "expected keras.applications' .h5 or a Keras 3 .weights.h5"
+            ) from e
     data: dict[str, Any] = {}
     if norm is not None and len(norm) >= 2:
         data = _normalization(norm[0].flatten().double().tolist(), norm[1].flatten().double().tolist())

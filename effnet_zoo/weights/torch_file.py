@@ -34,6 +34,7 @@ from .common import ConversionError, CorruptWeightsError, WeightsBudget, require
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "pytorch_model.pth")
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 DIGEST_KEY = "effnet_zoo.crc32c"
+MAX_SAFETENSORS_HEADER = 4 * 2**20  # EfficientNet-L2's ~1,700 tensors take about 200 KB
 REDO = "delete it and download or convert it again"
 # Beyond torch's own allow-list: timm's training checkpoints keep their arguments in a Namespace, and timm's loader
 # allows it too (an attribute bag: building one runs nothing)
@@ -177,6 +178,13 @@ def check_weights_file(path: Path, budget: WeightsBudget | None) -> None:
     budget = budget or WeightsBudget(math.inf, "any model")
     if path.suffix == ".safetensors":  # safetensors checks every tensor against the file's length
         budget.take(path, path.stat().st_size, "the file's size")
+        with open(path, "rb") as f:
+            header = int.from_bytes(f.read(8), "little")
+        if header > MAX_SAFETENSORS_HEADER:  # 1.5 M empty tensors in an 89 MB header took 3.8 GB to parse
+            raise CorruptWeightsError(
+                f"{path} declares a {header:,}-byte header, over the {MAX_SAFETENSORS_HEADER:,} an EfficientNet's "
+                f"few thousand tensors need: it is not a model's weights; {REDO}"
+            )
         return
     allowed = _tensor_globals()
     try:
