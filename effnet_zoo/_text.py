@@ -9,3 +9,9 @@ def printable(text: str) -> str:
     Labels come from config.json files and paths from the user's folders; neither may drive the terminal.
     """
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def markdown_text(text: str) -> str:
+    """``text`` (a file name, a path, a user's sentence) as plain text inside a model card: one line, with
+    markdown and HTML characters escaped, so a name cannot add a heading, a link or a tag to a published card."""
+    return "".join("\\" + ch if ch in "\\`*_[]<>#|!" else ch for ch in printable(text))

@@ -6,15 +6,17 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import os
 import signal
 import sys
 import threading
 import warnings
-from typing import Any
+from typing import Any, NoReturn
 
 from ._io import Terminated, stop_on_signal
 from ._text import printable
+from .hub.config import MAX_INPUT_SIDE
 
 
 def _say(text: str, block: bool = False) -> None:
@@ -196,8 +198,8 @@ def _checked(kind: type, what: str, ok) -> Any:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):  # inf trained to NaN
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 
     return convert
@@ -208,6 +210,16 @@ COUNT = _checked(int, "an integer >= 0", lambda v: v >= 0)
 POSITIVE = _checked(float, "a number > 0", lambda v: v > 0)
 NON_NEGATIVE = _checked(float, "a number >= 0", lambda v: v >= 0)
 FRACTION = _checked(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+IMG_SIZE = _checked(int, f"an integer from 32 to {MAX_INPUT_SIDE}", lambda v: 32 <= v <= MAX_INPUT_SIDE)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with its error line escaped: it repeats what was typed (an argument holding an escape
+    sequence or a newline went to the terminal raw)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {printable(message)}\n")
 
 
 class _DefaultsShown(argparse.HelpFormatter):
@@ -235,9 +247,9 @@ LAYOUT_HELP = (
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="effnet-zoo", description="EfficientNet-V1, TF-exact, as a timm plugin.")
+    parser = _Parser(prog="effnet-zoo", description="EfficientNet-V1, TF-exact, as a timm plugin.")
     parser.add_argument("--version", action="version", version=f"effnet-zoo {__version__}")
-    subcommand = functools.partial(argparse.ArgumentParser, formatter_class=_DefaultsShown)
+    subcommand = functools.partial(_Parser, formatter_class=_DefaultsShown)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=subcommand)
     p = sub.add_parser("summary", help="print a model's compound-scaled design (offline)")
     p.add_argument("model", nargs="?", default="effnet_v1_b0", help="e.g. effnet_v1_b3, effnet_v1_b3.aa_in1k or b3")
@@ -325,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--drop-rate", type=FRACTION, help="dropout before the classifier (default: the variant's, 0.2 for B0 to 0.5)"
     )
-    p.add_argument("--img-size", type=POSITIVE_INT, help="train/eval resolution (default: the weights')")
+    p.add_argument("--img-size", type=IMG_SIZE, help="train/eval resolution (default: the weights')")
     p.add_argument("--workers", type=COUNT, default=2, help="data loader processes per process")
     p.add_argument("--seed", type=int, default=42, help="shuffling, augmentation and drop path; per epoch")
     p.add_argument("--device", help="cpu, cuda (default: cuda when available; torchrun: the local rank's GPU)")
@@ -343,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file (.onnx, .pt, .pt2)")
     p.add_argument("--dynamic-batch", action="store_true", help="a batch dimension of any size")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="example batch for export")
-    p.add_argument("--img-size", type=POSITIVE_INT, help="input resolution (default: the weights')")
+    p.add_argument("--img-size", type=IMG_SIZE, help="input resolution (default: the weights')")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_export)
     return parser

@@ -68,8 +68,8 @@ def test_export_force_replaces_only_a_previous_export_of_the_same_format(folder,
     for target, expected in (
         (model_copy / "model.safetensors", "part of a model folder"),
         (model_copy / "config.json", "part of a model folder"),
-        (checkpoint, "not a file that export writes"),
-        (notes, "not a file that export writes"),
+        (checkpoint, "not a file that effnet-zoo export wrote"),
+        (notes, "not a file that effnet-zoo export wrote"),
     ):
         result = cli("export", "--model", f"local-dir:{folder}", "--format", "torchscript", "--out", target,
                      "--img-size", "64", "--force")  # fmt: skip
@@ -131,6 +131,7 @@ def test_resume_reads_only_our_checkpoints_and_names_what_does_not_fit(folder, d
         result = finetune(data, folder, out, "--resume")
         assert result.returncode == 2 and expected in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+    assert "EXPORT: 2" in result.stdout and "MiB free, and the export needs about" in result.stderr, result.stderr
     (out / "checkpoint.pt").write_bytes(good)
     # the base model folder now holds another model (wider): the checkpoint no longer fits it
     other = effnet_zoo.save_pretrained(
@@ -163,8 +164,8 @@ def test_push_checks_the_folder_before_anything_leaves(folder, tmp_path):
     cases[garbage_config] = "is not valid JSON"
     random_weights = tmp_path / "random_weights"
     shutil.copytree(folder, random_weights)
-    (random_weights / "model.safetensors").write_bytes(os.urandom(4096))
-    cases[random_weights] = "not a valid safetensors file"
+    (random_weights / "model.safetensors").write_bytes(bytes(range(256)) * 16)
+    cases[random_weights] = "it is not a model's weights"  # its first 8 bytes declare a 506 PB header
     flipped = tmp_path / "flipped"
     shutil.copytree(folder, flipped)
     raw = bytearray((flipped / "model.safetensors").read_bytes())
@@ -219,7 +220,7 @@ needs_unshare = pytest.mark.skipif(
 
 
 @needs_unshare
-def test_a_full_disk_is_named_and_nothing_is_lost(tmp_path):
+def test_a_full_disk_is_named_and_nothing_is_lost(folder, tmp_path):
     """A full disk during convert gave a SafetensorError traceback, during a checkpoint save torch's
     "[enforce fail at inline_container.cc:672] unexpected pos"."""
     disk = tmp_path / "disk"
@@ -241,8 +242,15 @@ def test_a_full_disk_is_named_and_nothing_is_lost(tmp_path):
             print("SAVE:", e)
         assert (disk / "checkpoint.pt").read_bytes() == b"previous"
         print("LEFT:", sorted(p.name for p in disk.iterdir()))
-        sys.exit(main(["convert", {str(source)!r}, "--from", "timm", "--model", "effnet_v1_b0", "--out",
-                       str(disk / "converted"), "--padding", "same"]))
+        code = main(["convert", {str(source)!r}, "--from", "timm", "--model", "effnet_v1_b0", "--out",
+                     str(disk / "converted"), "--padding", "same"])
+        # torch's TorchScript writer aborts the process on a full disk: export must refuse before writing
+        import shutil
+        with open(disk / "filler", "wb") as f:
+            f.write(bytes(shutil.disk_usage(disk).free - 200_000))
+        print("EXPORT:", main(["export", "--model", "local-dir:{folder}", "--format", "torchscript", "--out",
+                               str(disk / "m.pt"), "--img-size", "64"]), flush=True)
+        sys.exit(code)
     """)
     result = subprocess.run(
         ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=4m tmpfs "{disk}" && exec "$0" -c "$1"',
@@ -325,3 +333,61 @@ def test_resume_bounds_a_checkpoint_before_inflating_it(folder, data, tmp_path):
         result = finetune(data, folder, out, "--resume")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert growth.mb < 100, f"{growth.mb:.0f} MB"
+
+
+def test_force_keeps_what_only_looks_like_ours(folder, data, tmp_path):
+    """A second outside attack: a README.md that was a folder of the user's files was deleted by convert --force;
+    a user's metrics.jsonl (with "epoch" keys) and the base model folder inside --out were replaced by finetune
+    --force; a user's own TorchScript model was replaced by export --force."""
+    source = tmp_path / "tf_b0.safetensors"
+    save_file(timm_reference("tf_efficientnet_b0").state_dict(), str(source))
+    disguised = tmp_path / "disguised"
+    shutil.copytree(folder, disguised)
+    (disguised / "README.md").unlink()
+    (disguised / "README.md").mkdir()
+    (disguised / "README.md" / "thesis.txt").write_text("draft")
+    result = cli("convert", source, "--from", "timm", "--model", "effnet_v1_b0", "--out", disguised, "--padding",
+                 "same", "--force")  # fmt: skip
+    assert result.returncode == 2 and "(README.md)" in result.stderr, result.stderr
+    assert (disguised / "README.md" / "thesis.txt").read_text() == "draft"
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "loss": 0.93, "note": "three days of GPU"}\n')
+    result = finetune(data, folder, run, "--force")
+    assert result.returncode == 2 and "metrics.jsonl: not the metrics a run writes" in result.stderr, result.stderr
+
+    ours = tmp_path / "ours"
+    assert finetune(data, folder, ours).returncode == 0
+    result = finetune(data, ours / "model", ours, "--force")  # the base model is the run's own output
+    assert result.returncode == 2 and "would overlap the input" in result.stderr, result.stderr
+
+    theirs = tmp_path / "detector.pt"
+    torch.jit.script(torch.nn.Sequential(torch.nn.Linear(4, 4))).save(str(theirs))
+    before = theirs.read_bytes()
+    result = cli("export", "--model", f"local-dir:{folder}", "--format", "torchscript", "--out", theirs,
+                 "--img-size", "64", "--force")  # fmt: skip
+    assert result.returncode == 2 and "not a file that effnet-zoo export wrote" in result.stderr, result.stderr
+    assert theirs.read_bytes() == before
+
+
+def test_push_refuses_unchecked_pickles_and_cards_cannot_be_injected_by_names(folder, tmp_path):
+    """A code-running pytorch_model.bin beside checked weights was listed for upload; a source file named with a
+    newline and a markdown heading put the heading into the published card."""
+    import pickle
+
+    beside = tmp_path / "beside"
+    shutil.copytree(folder, beside)
+    (beside / "pytorch_model.bin").write_bytes(pickle.dumps({"weights": 1}))
+    result = cli("push", beside, "--repo-id", "org/name", "--dry-run")
+    assert result.returncode == 2 and "holds weights in pickle format (pytorch_model.bin)" in result.stderr
+
+    evil = tmp_path / "evil\n# Pwned <img src=x onerror=alert(1)> [click](javascript:x).safetensors"
+    save_file(timm_reference("tf_efficientnet_b0").state_dict(), str(evil))
+    out = tmp_path / "card"
+    result = cli("convert", evil, "--from", "timm", "--model", "effnet_v1_b0", "--out", out, "--padding", "same")
+    assert result.returncode == 0, result.stderr
+    card = (out / "README.md").read_text()
+    assert not [line for line in card.splitlines() if "Pwned" in line and not line.startswith("Converted by")]
+    assert " <img" not in card and "[click](" not in card  # escaped: no tag, no link
+    assert "\\# Pwned \\<img src=x onerror=alert(1)\\> \\[click\\](javascript:x)" in card

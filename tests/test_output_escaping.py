@@ -44,3 +44,24 @@ def test_error_messages_and_warnings_are_escaped(tmp_path):
     result = cli("predict", tmp_path / f"{ESC}.jpg", "--model", "effnet_v1_b0.aa_in1k")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert_clean(result.stderr)
+
+
+def test_argument_errors_are_escaped_and_out_of_range_numbers_refused(tmp_path):
+    """argparse repeated what was typed raw (an escape sequence, a carriage return); --lr inf trained to NaN and
+    --warmup-epochs inf was an OverflowError traceback; --model-arg foo=1 a TypeError traceback; --img-size 12000
+    allocated 8.6 GB before failing."""
+    result = cli("summary", "effnet_v1_b0", f"{ESC}FAKE: all checks passed")
+    assert result.returncode == 2 and "unrecognized arguments: \\x1b[2J" in result.stderr
+    assert_clean(result.stderr)
+    result = cli("predict", "x.png", "--topk", "\r\n 0")
+    assert result.returncode == 2 and "\\r\\n 0" in result.stderr and "\r" not in result.stderr
+    for flag in ("--lr", "--warmup-epochs", "--weight-decay", "--min-lr"):
+        result = cli("finetune", "--data", "d", "--model", "m", "--out", "o", flag, "inf")
+        assert result.returncode == 2 and "expected a number" in result.stderr and "got 'inf'" in result.stderr
+    for size in ("12000", "16"):
+        result = cli("export", "--model", "m", "--format", "onnx", "--out", "o", "--img-size", size)
+        assert result.returncode == 2 and "expected an integer from 32 to 1600" in result.stderr
+    (tmp_path / "src").mkdir()
+    result = cli("convert", tmp_path / "src", "--from", "timm", "--model", "effnet_v1_b0", "--out", tmp_path / "o",
+                 "--model-arg", "foo=1")  # fmt: skip
+    assert result.returncode == 2 and "effnet_v1_b0 cannot be built with foo=1" in result.stderr, result.stderr

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .._io import disk_full, full_disk_error, remove, signals_deferred, user_mode
-from .._text import printable
+from .._text import markdown_text, printable
 from ..weights.torch_file import DIGEST_KEY, tensors_digest
 from .access import explain_hub_error, hub_deadline
 from .config import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, check_pretrained_cfg, export_config, in_layout
@@ -100,6 +100,7 @@ Model arguments: `{json.dumps(config["model_args"])}`.
 
 
 OWN = {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME}  # what a model folder of ours holds
+PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle")
 
 
 def not_our_model_folder(folder: Path) -> str | None:
@@ -112,8 +113,8 @@ def not_our_model_folder(folder: Path) -> str | None:
         return "a symbolic link"
     if not folder.is_dir():
         return "a file" if folder.is_file() else "not a regular file or folder"
-    foreign = sorted(p.name for p in folder.iterdir() if p.name not in OWN)
-    if foreign:
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in OWN or p.is_symlink() or not p.is_file())
+    if foreign:  # a README.md that is a folder of the user's files is not ours either
         return f"a folder holding files effnet-zoo did not write ({', '.join(foreign[:5])})"
     weights = folder / WEIGHTS_NAME
     if not (weights.exists() or weights.is_symlink()):
@@ -208,7 +209,9 @@ def save_pretrained(
     cfg = model.pretrained_cfg
     base = cfg.get("hf_hub_id") or cfg.get("file") or "randomly initialised weights"
     tag = f" (`{cfg['architecture']}.{cfg['tag']}`)" if cfg.get("tag") else ""
-    origin = f"Base weights: `{base}`{tag}." + (f"\n\nFine-tuning: {training}" if training else "")
+    origin = f"Base weights: {markdown_text(base)}{tag}." + (
+        f"\n\nFine-tuning: {markdown_text(training)}" if training else ""
+    )
     card = model_card(config, f"{cfg['architecture']} fine-tuned", origin)
     return write_model_folder(out, state, config, card, dtype, force)
 
@@ -272,14 +275,21 @@ def check_publishable(folder: Path) -> None:
     from ..weights.torch_file import load_state_dict
     from .config import check_model_config
 
-    upload_files(folder)  # the weights and config are regular files of the folder's own, or it says which is not
+    files, _ = upload_files(folder)  # weights and config are regular files of the folder's own, or it says which not
+    unchecked = sorted(p.name for p in files if p.suffix in PICKLE_SUFFIXES)
+    if unchecked:  # timm loads model.safetensors; a pickle beside it would be published unchecked (and may run code)
+        raise ValueError(
+            f"{folder} holds weights in pickle format ({', '.join(unchecked[:3])}) beside {WEIGHTS_NAME}: they would "
+            "be published unchecked, and loading them can run code; remove them, so nothing was published"
+        )
     try:
         check_model_config(folder / CONFIG_NAME)
         state = load_state_dict(folder / WEIGHTS_NAME)
         check_values(state, str(folder / WEIGHTS_NAME))
         timm.create_model(f"local-dir:{folder}", pretrained=True)  # strict: every key and shape of the architecture
     except (ValueError, OSError, RuntimeError, KeyError, TypeError) as e:
-        raise ValueError(f"{folder} is not a model folder that loads, so nothing was published: {e}") from e
+        detail = str(e) if len(str(e)) <= 600 else str(e)[:600] + " ..."  # torch's key lists run to 20,000 chars
+        raise ValueError(f"{folder} is not a model folder that loads, so nothing was published: {detail}") from e
 
 
 def _timm_layout_copy(folder: Path, out: Path) -> Path:
@@ -289,7 +299,7 @@ def _timm_layout_copy(folder: Path, out: Path) -> Path:
         return folder
     model = timm.create_model(f"local-dir:{folder}", pretrained=True)
     state, config = in_layout(model, export_config(model), "timm")
-    origin = f"Converted to timm's layout by effnet_zoo from the effnet_zoo model folder `{folder.name}`."
+    origin = f"Converted to timm's layout by effnet_zoo from the effnet_zoo model folder {markdown_text(folder.name)}."
     card = model_card(config, f"{config['architecture']} (timm layout)", origin)
     return write_model_folder(out, state, config, card)
 

@@ -19,6 +19,7 @@ from ..inference import optimize_for_inference
 from .common import load_pretrained
 
 FORMATS = ("onnx", "torchscript", "torch-export")
+MARK = "effnet_zoo.export"  # an extra file (TorchScript, .pt2) or metadata entry (ONNX) naming the format
 
 
 @dataclass
@@ -50,17 +51,18 @@ def write_exported(fmt: str, model: torch.nn.Module, x: torch.Tensor, path: str,
         dynamic = {"x": {0: torch.export.Dim("batch")}} if dynamic_batch else None
         program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=dynamic, input_names=["x"],
                                     output_names=["logits"], verbose=False)  # fmt: skip
+        program.model.metadata_props[MARK] = fmt  # what `export --force` may replace later
         program.save(path)
     elif fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still widely deployed
-            torch.jit.script(model).save(path)
+            torch.jit.script(model).save(path, _extra_files={MARK: fmt})
     else:
         dynamic = {"x": {0: torch.export.Dim("batch")}} if dynamic_batch else None
         # as an open file: given the temporary file's name (not *.pt2) torch logs a warning on save and load
         program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
         with open(path, "wb") as f, _pt2_quiet():
-            torch.export.save(program, f)
+            torch.export.save(program, f, extra_files={MARK: fmt})
 
 
 def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
@@ -79,27 +81,25 @@ def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
 
 
 def _export_kind(path: Path) -> str | None:
-    """Which of our formats the regular file ``path`` holds, from its structure; None for anything else."""
+    """Which format ``path`` holds if effnet_zoo's export wrote it (the mark it leaves in every file); None for
+    anything else, a user's own TorchScript or ONNX model included."""
     import zipfile
 
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as z:
-                tails = {name.split("/", 1)[-1] for name in z.namelist()}
-        except (zipfile.BadZipFile, OSError):
+                marks = [n for n in z.namelist() if n.split("/", 1)[-1] == f"extra/{MARK}"]
+                kind = z.read(marks[0])[:32].decode("ascii", "replace") if len(marks) == 1 else None
+        except (zipfile.BadZipFile, OSError, KeyError):
             return None
-        if "archive_format" in tails and "models/model.json" in tails:
-            return "torch-export"
-        if "constants.pkl" in tails and any(t.startswith("code/") for t in tails):
-            return "torchscript"  # a plain torch.save (a checkpoint) has no code/ folder
-        return None
+        return kind if kind in ("torchscript", "torch-export") else None
     try:
         import onnx
 
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # onnx raises DecodeError and others on what is not an ONNX protobuf
         return None
-    return "onnx" if len(model.graph.node) else None
+    return "onnx" if {p.key: p.value for p in model.metadata_props}.get(MARK) == "onnx" else None
 
 
 def check_replaceable_export(path: Path, fmt: str) -> None:
@@ -122,8 +122,26 @@ def check_replaceable_export(path: Path, fmt: str) -> None:
         )
     kind = _export_kind(path)
     if kind != fmt:
-        what = f"a {kind} export" if kind else "not a file that export writes"
+        what = f"a {kind} export" if kind else "not a file that effnet-zoo export wrote"
         raise FileExistsError(f"{path} is {what}; --force replaces only a previous {fmt} export: choose another path")
+
+
+def _check_space(out: Path, model: torch.nn.Module) -> None:
+    """Refuse an export the disk cannot hold, before writing: torch's TorchScript and .pt2 writers abort the whole
+    process (C++ terminate) when the disk fills, so nothing could be cleaned up or explained afterwards."""
+    import errno
+    import shutil
+
+    need = sum(t.numel() * t.element_size() for t in model.state_dict().values()) * 1.1 + 2**20
+    folder = next(p for p in [out.parent, *out.parent.parents] if p.exists())
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        full = OSError(
+            f"the disk holding {out.parent} has {free / 2**20:,.1f} MiB free, and the export needs about "
+            f"{need / 2**20:,.1f} MiB; nothing was written. Free some space, or choose another --out"
+        )
+        full.errno = errno.ENOSPC
+        raise full
 
 
 def export(
@@ -160,6 +178,7 @@ def export(
         raise ValueError(
             f"{model_name} gives NaN/Inf logits on a random input: its weights are damaged; nothing exported"
         )
+    _check_space(out_path, fast)
     outputs = {}
 
     def write(tmp: Path) -> None:

@@ -31,12 +31,12 @@ from timm.utils import ModelEmaV3, random_seed
 from torch import nn
 from tqdm import tqdm
 
-from .._io import atomic_write, atomic_write_text, check_output, remove
+from .._io import atomic_write, atomic_write_text, check_output, disk_full, full_disk_error, remove
 from .._text import printable
 from ..hub import save_pretrained
 from ..hub.config import check_layout, model_args_of
-from ..weights.common import WeightsBudget, check_fits, require_regular_file, special_file
-from ..weights.torch_file import check_weights_file, torch_load_error
+from ..weights.common import ConversionError, WeightsBudget, check_fits, require_regular_file, special_file
+from ..weights.torch_file import REDO, check_weights_file, torch_load_error
 from ..zoo import paper_regularization
 from .common import architecture_of, autocast, count, image_folder, load_pretrained, resolve_device
 
@@ -189,6 +189,7 @@ def _fitting_batch_size(batch_size: int, images: int, world: int, main: bool = T
 
 
 # What a checkpoint.pt of ours holds; a file without these keys is someone else's (or damaged).
+METRIC_KEYS = {"epoch", "train_loss", "train_top1", "train_img_per_s"}  # every line of our metrics.jsonl
 CHECKPOINT_KEYS = ("epoch", "updates", "history", "classes", "config", "model", "optimizer", "scheduler")
 
 
@@ -201,7 +202,10 @@ def _read_checkpoint(
     member inflating to gigabytes is refused unread."""
     redo = "restore it, or start over with --force"
     require_regular_file(path, "--resume: the checkpoint")
-    check_weights_file(path, WeightsBudget.of(model) if model is not None else None)
+    try:
+        check_weights_file(path, WeightsBudget.of(model) if model is not None else None)
+    except ConversionError as e:  # its advice is for downloaded weights: a run's checkpoint is restored instead
+        raise ConversionError(f"{str(e).removesuffix('; ' + REDO)}; {redo}") from e
     try:
         state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:  # damaged by hand or by the disk: checkpoints are written atomically
@@ -234,7 +238,7 @@ def _not_our_run_file(path: Path) -> str | None:
     if path.name == METRICS:
         try:
             lines = path.read_text().splitlines() if path.stat().st_size < 2**24 else ["x"]
-            if all(isinstance(json.loads(line), dict) and "epoch" in json.loads(line) for line in lines):
+            if lines and all(METRIC_KEYS <= set(json.loads(line)) for line in lines):
                 return None
         except (OSError, ValueError):
             pass
@@ -312,40 +316,45 @@ def _run_lock(out: Path, main: bool):
     lock = out / LOCK
     if kind := special_file(lock) or ("a symbolic link" if lock.is_symlink() else None):
         raise FileExistsError(f"{lock} is {kind}, not the lock file a run writes; remove it and run again")
-    try:  # never through a link (a link to a user's file was overwritten with the pid), never a FIFO or device
+    existed, locked, running = lock.exists(), False, False
+    try:
+        # never through a link (a link to a user's file was overwritten with the pid), never a FIFO or a device
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-    except OSError as e:
-        raise FileExistsError(f"{lock} cannot be opened as the run's lock file ({e.strerror}); remove it") from e
-    with os.fdopen(fd, "r+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FileExistsError(
-                f"another finetune (pid {_pid_in(f)}) is writing to {out}; wait for it to finish, or choose "
-                "another --out"
-            ) from None
-        previous = _pid_in(f)
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        if previous != "?":  # the lock file of a run that was killed (SIGKILL, power loss): its lock died with it
-            leftovers = _remove_leftovers(out)
-            warnings.warn(
-                f"took over {lock} from finetune pid {previous}, which is no longer running"
-                + (
-                    f"; removed the temporary files it left ({', '.join(map(printable, leftovers))})"
-                    if leftovers
-                    else ""
-                ),  # fmt: skip
-                stacklevel=3,
-            )
-        try:
+        with os.fdopen(fd, "r+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FileExistsError(
+                    f"another finetune (pid {_pid_in(f)}) is writing to {out}; wait for it to finish, or choose "
+                    "another --out"
+                ) from None
+            locked = True
+            previous = _pid_in(f)
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            if previous != "?":  # the lock file of a run that was killed (SIGKILL, power loss): its lock died with it
+                leftovers = _remove_leftovers(out)
+                shown = f"; removed the temporary files it left ({', '.join(map(printable, leftovers))})"
+                warnings.warn(
+                    f"took over {lock} from finetune pid {previous}, which is no longer running"
+                    + (shown if leftovers else ""),
+                    stacklevel=3,
+                )
+            running = True
             yield
-        finally:
-            (out / LOCK).unlink(missing_ok=True)  # still held: no other run can be between its open and lock
-            if created and not any(out.iterdir()):  # failed before writing anything: leave no empty folder
-                out.rmdir()
+    except OSError as e:
+        if not running and disk_full(e, out):  # the lock itself could not be written
+            raise full_disk_error(lock, e) from e
+        if not running and not isinstance(e, FileExistsError):
+            raise FileExistsError(f"{lock} cannot be used as the run's lock file ({e}); remove it") from e
+        raise
+    finally:
+        if locked or not existed:  # still held, or ours alone: no other run can be between its open and lock
+            lock.unlink(missing_ok=True)
+        if created and out.exists() and not any(out.iterdir()):  # failed before writing anything: no empty folder
+            out.rmdir()
 
 
 def _pid_in(f) -> str:  # noqa: ANN001  (an open text file)
@@ -368,7 +377,9 @@ def _remove_leftovers(out: Path) -> list[str]:
 def finetune(cfg: FinetuneConfig) -> dict:
     env = _Dist(cfg.device)
     try:
-        check_output(Path(cfg.out), [Path(cfg.data)])
+        model_dir = cfg.model.removeprefix("local-dir:")
+        inputs = [Path(cfg.data)] + ([Path(model_dir)] if os.path.isdir(model_dir) else [])
+        check_output(Path(cfg.out), inputs, "--out")  # the base model's folder too: --force would replace it
         with _run_lock(Path(cfg.out), env.main):
             return _run(cfg, env)
     finally:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .._io import check_output
+from .._text import markdown_text, printable
 from ..hub.config import check_layout, export_config, in_layout
 from ..hub.folders import DTYPES, model_card, write_model_folder
 from . import keras_h5, lukemelas, seed, tf_ckpt, timm_format, torchvision_format, transformers_format
@@ -91,8 +92,13 @@ def convert(
         raise ConversionError(str(e)) from e
     user_args = dict(model_args or {})
 
-    with torch.device("meta"):  # the block structure, to map flat source numbering onto it
-        skeleton = timm.create_model(arch, **user_args)
+    try:
+        with torch.device("meta"):  # the block structure, to map flat source numbering onto it
+            skeleton = timm.create_model(arch, **user_args)
+    except (TypeError, KeyError, AttributeError, ValueError, AssertionError) as e:  # --model-arg foo=1, act=nope
+        shown = ", ".join(f"{k}={v!r}" for k, v in user_args.items())
+        raise ConversionError(f"{arch} cannot be built with {printable(shown)[:200]} ({type(e).__name__}: "
+                              f"{printable(str(e))[:200]}); check --model-arg") from e  # fmt: skip
     try:
         converted = FORMATS[fmt](src, skeleton)
     except ConversionError as e:
@@ -122,7 +128,7 @@ def convert(
     if verify:
         result.max_abs_diff, result.verify_note = verify_against_source(fmt, src, model, model_name)
     tag = f", checkpoint set `{config['pretrained_cfg']['tag']}`" if "tag" in config["pretrained_cfg"] else ""
-    origin = f"Converted by `effnet-zoo convert --from {fmt}` from {converted.source}{tag}."
+    origin = f"Converted by `effnet-zoo convert --from {fmt}` from {markdown_text(converted.source)}{tag}."
     card = model_card(config, f"{model_name} converted by effnet_zoo", origin)
     try:
         write_model_folder(out, state, config, card, dtype, force)
