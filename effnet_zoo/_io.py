@@ -101,21 +101,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with signals_deferred():  # a SIGTERM between creating the file and entering `try` would leave it behind
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = ""
     try:
-        os.close(fd)
+        with signals_deferred():  # a stop signal is raised only once `tmp` names the file, inside this `try`
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
         os.chmod(tmp, user_mode())
         write(Path(tmp))
         os.replace(tmp, path)
     except Exception as e:
         full = disk_full(e, path.parent)  # asked before the partial file goes, while the disk is still full
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         if full:
             raise full_disk_error(path, e) from e
         raise
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 

@@ -15,3 +15,9 @@ def markdown_text(text: str) -> str:
     """``text`` (a file name, a path, a user's sentence) as plain text inside a model card: one line, with
     markdown and HTML characters escaped, so a name cannot add a heading, a link or a tag to a published card."""
     return "".join("\\" + ch if ch in "\\`*_[]<>#|!" else ch for ch in printable(text))
+
+
+def markdown_code(text: str) -> str:
+    """``text`` (a file name, a path, a repo id) as a code span in a model card: one line, shown as written,
+    where markdown and HTML are not interpreted (a file name cannot add a heading, a link or a tag)."""
+    return "`" + printable(text).replace("`", "'") + "`"

@@ -199,7 +199,7 @@ def _checked(kind: type, what: str, ok) -> Any:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):  # inf trained to NaN
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")  # escaped by _Parser.error
         return value
 
     return convert

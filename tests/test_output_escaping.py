@@ -57,7 +57,7 @@ def test_argument_errors_are_escaped_and_out_of_range_numbers_refused(tmp_path):
     assert result.returncode == 2 and "\\r\\n 0" in result.stderr and "\r" not in result.stderr
     for flag in ("--lr", "--warmup-epochs", "--weight-decay", "--min-lr"):
         result = cli("finetune", "--data", "d", "--model", "m", "--out", "o", flag, "inf")
-        assert result.returncode == 2 and "expected a number" in result.stderr and "got 'inf'" in result.stderr
+        assert result.returncode == 2 and "expected a number" in result.stderr and "got inf" in result.stderr
     for size in ("12000", "16"):
         result = cli("export", "--model", "m", "--format", "onnx", "--out", "o", "--img-size", size)
         assert result.returncode == 2 and "expected an integer from 32 to 1600" in result.stderr

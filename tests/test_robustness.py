@@ -300,7 +300,7 @@ def test_cli_reports_os_errors_in_one_line(tmp_path):
         (["finetune", "--data", "d", "--model", "m", "--out", "o", "--label-smoothing", "1.5"],
          "argument --label-smoothing: expected a number in [0, 1), got 1.5"),
         (["export", "--model", "m", "--format", "onnx", "--out", "x", "--img-size", "-224"],
-         "argument --img-size: expected a positive integer, got -224"),
+         "argument --img-size: expected an integer from 32 to 1600, got -224"),
     ],
 )  # fmt: skip
 def test_cli_refuses_out_of_range_arguments_before_doing_anything(argv, message):

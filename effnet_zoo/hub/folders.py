@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .._io import disk_full, full_disk_error, remove, signals_deferred, user_mode
-from .._text import markdown_text, printable
+from .._text import markdown_code, markdown_text, printable
 from ..weights.torch_file import DIGEST_KEY, tensors_digest
 from .access import explain_hub_error, hub_deadline
 from .config import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, check_pretrained_cfg, export_config, in_layout
@@ -154,9 +154,10 @@ def write_model_folder(
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
     check_replaceable_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with signals_deferred():  # a SIGTERM right after creating it would leave it behind
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp: Path | None = None
     try:
+        with signals_deferred():  # a stop signal is raised only once `tmp` names the folder, inside this `try`
+            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
         tmp.chmod(user_mode(directory=True))
         tensors = {
             k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).detach().cpu().contiguous()
@@ -179,12 +180,11 @@ def write_model_folder(
                 tmp.rename(out)
     except Exception as e:
         full = disk_full(e, out.parent)  # asked before the partial folder goes, while the disk is still full
-        shutil.rmtree(tmp, ignore_errors=True)
         if full:
             raise full_disk_error(out, e) from e
         raise
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
 
@@ -209,7 +209,7 @@ def save_pretrained(
     cfg = model.pretrained_cfg
     base = cfg.get("hf_hub_id") or cfg.get("file") or "randomly initialised weights"
     tag = f" (`{cfg['architecture']}.{cfg['tag']}`)" if cfg.get("tag") else ""
-    origin = f"Base weights: {markdown_text(base)}{tag}." + (
+    origin = f"Base weights: {markdown_code(base)}{tag}." + (
         f"\n\nFine-tuning: {markdown_text(training)}" if training else ""
     )
     card = model_card(config, f"{cfg['architecture']} fine-tuned", origin)
@@ -299,7 +299,7 @@ def _timm_layout_copy(folder: Path, out: Path) -> Path:
         return folder
     model = timm.create_model(f"local-dir:{folder}", pretrained=True)
     state, config = in_layout(model, export_config(model), "timm")
-    origin = f"Converted to timm's layout by effnet_zoo from the effnet_zoo model folder {markdown_text(folder.name)}."
+    origin = f"Converted to timm's layout by effnet_zoo from the effnet_zoo model folder {markdown_code(folder.name)}."
     card = model_card(config, f"{config['architecture']} (timm layout)", origin)
     return write_model_folder(out, state, config, card)
 

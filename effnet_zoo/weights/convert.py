@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._io import check_output
-from .._text import markdown_text, printable
+from .._text import markdown_code, printable
 from ..hub.config import check_layout, export_config, in_layout
 from ..hub.folders import DTYPES, model_card, write_model_folder
 from . import keras_h5, lukemelas, seed, tf_ckpt, timm_format, torchvision_format, transformers_format
@@ -128,7 +128,7 @@ def convert(
     if verify:
         result.max_abs_diff, result.verify_note = verify_against_source(fmt, src, model, model_name)
     tag = f", checkpoint set `{config['pretrained_cfg']['tag']}`" if "tag" in config["pretrained_cfg"] else ""
-    origin = f"Converted by `effnet-zoo convert --from {fmt}` from {markdown_text(converted.source)}{tag}."
+    origin = f"Converted by `effnet-zoo convert --from {fmt}` from {markdown_code(converted.source)}{tag}."
     card = model_card(config, f"{model_name} converted by effnet_zoo", origin)
     try:
         write_model_folder(out, state, config, card, dtype, force)
