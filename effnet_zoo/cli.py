@@ -230,6 +230,7 @@ class _DefaultsShown(argparse.HelpFormatter):
         default = action.default
         if (
             default in (None, False, argparse.SUPPRESS)
+            or action.nargs == 0  # a flag: --no-progress showed "(default: True)"
             or default == []
             or "default" in text
             or not action.option_strings

@@ -88,3 +88,26 @@ def test_a_closed_pipe_ends_quietly():
     done.stdout.close()  # the reader is gone before anything is written
     assert done.wait(timeout=120) == 141  # 128 + SIGPIPE, as a shell reports for cat
     assert done.stderr.read() == b""
+
+
+def test_small_things_a_newcomer_hit(tmp_path):
+    """Issue 21's smaller list: `finetune --help` said `--no-progress ... (default: True)`; `export --format onnx
+    --out x.pt` was written silently; `validate` printed top-5 for a 2-class model (every image is in it)."""
+    import io
+    from contextlib import redirect_stdout
+
+    from effnet_zoo.cli import build_parser
+    from effnet_zoo.tasks.validate import ValidateResult, format_result
+
+    text = io.StringIO()
+    with redirect_stdout(text), pytest.raises(SystemExit):
+        build_parser().parse_args(["finetune", "--help"])
+    flag = next(line for line in text.getvalue().splitlines() if "--no-progress" in line and "progress bars" in line)
+    assert "default" not in flag, flag
+
+    result = cli("export", "--model", "effnet_v1_b0.aa_in1k", "--format", "onnx", "--out", tmp_path / "x.pt")
+    assert result.returncode == 2 and "does not end in .onnx" in result.stderr and "name it x.onnx" in result.stderr
+    assert not (tmp_path / "x.pt").exists()
+
+    two = ValidateResult("m", "d", 10, 90.0, None, 0.3, 5.0, "cpu", False)
+    assert "top-5" not in format_result(two) and "top-1 90.000%" in format_result(two)

@@ -175,7 +175,7 @@ def test_flat_numbered_source_of_another_variant_names_the_one_it_fits(tmp_path)
     torch.save(LukeEfficientNet.from_name("efficientnet-b3").state_dict(), tmp_path / "b3.pth")
     with pytest.raises(ConversionError, match="It fits effnet_v1_b3: .*--model effnet_v1_b3 on the") as info:
         convert(tmp_path / "b3.pth", "lukemelas", "effnet_v1_b1", tmp_path / "out")
-    assert "66 keys are not part of a efficientnet_pytorch EfficientNet of this size" in str(info.value)
+    assert "66 keys are not part of an EfficientNet of this size in the efficientnet_pytorch layout" in str(info.value)
     # a TensorFlow checkpoint of no registered size: the error says so, without a wrong suggestion
     with pytest.raises(ConversionError, match="blocks but the model has 16: check --model$"):
         convert(Path(__file__).parent / "fixtures" / "tiny_tf1", "tf-ckpt", "effnet_v1_b0", tmp_path / "out")

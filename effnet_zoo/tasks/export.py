@@ -19,6 +19,11 @@ from ..inference import optimize_for_inference
 from .common import load_pretrained
 
 FORMATS = ("onnx", "torchscript", "torch-export")
+SUFFIXES = {
+    "onnx": (".onnx",),
+    "torchscript": (".pt", ".pth", ".ts", ".jit", ".torchscript"),
+    "torch-export": (".pt2",),
+}
 MARK = "effnet_zoo.export"  # an extra file (TorchScript, .pt2) or metadata entry (ONNX) naming the format
 
 
@@ -160,6 +165,11 @@ def export(
     if (out_path.exists() or out_path.is_symlink()) and not force:
         raise FileExistsError(f"{out} exists; pass --force to replace it")
     check_replaceable_export(out_path, fmt)
+    if out_path.suffix.lower() not in SUFFIXES[fmt]:  # `--format onnx --out x.pt` was written silently
+        raise ValueError(
+            f"--out {out} does not end in {' / '.join(SUFFIXES[fmt])}, what a {fmt} file is named (runtimes and "
+            f"viewers go by it); name it {out_path.with_suffix(SUFFIXES[fmt][0]).name}"
+        )
     model = load_pretrained(model_name).eval()
     fast = optimize_for_inference(model)
     cfg = resolve_data_config({}, model=model)

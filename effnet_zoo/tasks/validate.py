@@ -21,7 +21,7 @@ class ValidateResult:
     data: str
     num_images: int
     top1: float  # percent
-    top5: float
+    top5: float | None  # None for 5 classes or fewer, where every image is in the top 5
     loss: float
     img_per_s: float
     device: str
@@ -139,14 +139,17 @@ def validate(
     if seen == 0:
         raise ValueError(f"none of the {len(files)} files under {data!r} is a readable image")
     return ValidateResult(
-        model=model_name, data=str(root), num_images=seen, top1=100.0 * correct1 / seen, top5=100.0 * correct5 / seen,
+        model=model_name, data=str(root), num_images=seen, top1=100.0 * correct1 / seen,
+        top5=100.0 * correct5 / seen if model.num_classes > 5 else None,
         loss=loss_sum / seen, img_per_s=seen / elapsed, device=str(dev), amp=amp, skipped=skipped,
     )  # fmt: skip
 
 
 def format_result(r: ValidateResult) -> str:
     return (
-        f"{r.model} on {r.data}: top-1 {r.top1:.3f}%  top-5 {r.top5:.3f}%  loss {r.loss:.4f}  "
+        f"{r.model} on {r.data}: top-1 {r.top1:.3f}%  "
+        + (f"top-5 {r.top5:.3f}%  " if r.top5 is not None else "")
+        + f"loss {r.loss:.4f}  "
         f"({count(r.num_images, 'image')}, {r.img_per_s:.1f} img/s on {r.device}{', bf16 autocast' if r.amp else ''})"
         + (f"; {count(len(r.skipped), 'unreadable file')} skipped, not counted" if r.skipped else "")
     )

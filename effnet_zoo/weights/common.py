@@ -265,7 +265,8 @@ def map_modules(state_dict: dict[str, torch.Tensor], pairs: list[tuple[str, str]
             unknown.append(key)
     if unknown:
         raise ConversionError(
-            f"{len(unknown)} keys are not part of a {fmt} EfficientNet of this size (first: {unknown[:3]}); "
+            f"{len(unknown)} keys are not part of an EfficientNet of this size in the {fmt} layout (first: "
+            f"{unknown[:3]}); "
             "check --from and --model"
         )
     return out
