@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opt", default="adamw", help="any timm optimizer name: adamw, sgd, lamb, ...")
     p.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.05, help="not applied to BatchNorm and biases")
     p.add_argument("--momentum", type=FRACTION, default=0.9, help="for sgd")
-    p.add_argument("--warmup-epochs", type=NON_NEGATIVE, default=1.0, help="linear warmup from lr / 100")
+    p.add_argument("--warmup-epochs", type=NON_NEGATIVE, default=1.0,
+                   help="linear warmup from lr / 100, at most a fifth of the run")  # fmt: skip
     p.add_argument("--min-lr", type=NON_NEGATIVE, default=1e-6, help="where the cosine schedule ends")
     p.add_argument("--label-smoothing", type=FRACTION, default=0.1, help="of the cross-entropy targets")
     p.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights; evaluate and save it")

@@ -294,3 +294,11 @@ def test_finetune_saves_timm_layout_on_request_and_refuses_what_timm_cannot_buil
     assert refused.returncode == 2 and "has no timm architecture" in refused.stderr, refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "phi_run" / "metrics.jsonl").exists()
+
+
+def test_a_short_run_is_not_all_warm_up():
+    """With the default --warmup-epochs 1, a 1-epoch run was all warm-up and never reached --lr."""
+    from effnet_zoo.tasks.finetune import FinetuneConfig, warmup_steps
+
+    assert warmup_steps(FinetuneConfig("d", "m", "o", epochs=1), 100) == 20  # a fifth of the run
+    assert warmup_steps(FinetuneConfig("d", "m", "o"), 100) == 100  # 10 epochs: the one epoch asked for

@@ -270,6 +270,16 @@ def _check_run_dir(out: Path, resume: bool, force: bool) -> None:
             raise FileExistsError(f"{out / FINAL} is {_not_our_final}; the run would replace it at the end: move it")
 
 
+# Warm-up takes at most this share of the run: with the default --warmup-epochs 1, a 1-epoch run was all warm-up
+# and never reached --lr
+MAX_WARMUP_SHARE = 0.2
+
+
+def warmup_steps(cfg: FinetuneConfig, steps_per_epoch: int) -> int:
+    """The scheduler's warm-up steps: --warmup-epochs, but at most a fifth of the run."""
+    return math.ceil(min(cfg.warmup_epochs, MAX_WARMUP_SHARE * cfg.epochs) * steps_per_epoch)
+
+
 def evaluate(model: nn.Module, loader, device: torch.device, amp: bool) -> dict[str, float]:
     model.eval()
     correct = seen = 0
@@ -439,7 +449,7 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
                                     momentum=cfg.momentum)  # fmt: skip
     steps = len(train_loader)
     scheduler = CosineLRScheduler(
-        optimizer, t_initial=cfg.epochs * steps, lr_min=cfg.min_lr, warmup_t=math.ceil(cfg.warmup_epochs * steps),
+        optimizer, t_initial=cfg.epochs * steps, lr_min=cfg.min_lr, warmup_t=warmup_steps(cfg, steps),
         warmup_lr_init=cfg.lr * 0.01, warmup_prefix=True, t_in_epochs=False,
     )  # fmt: skip
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.model_ema else None
