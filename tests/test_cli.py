@@ -74,7 +74,8 @@ def test_version_and_help_defaults():
 
     assert cli("--version").stdout.strip() == f"effnet-zoo {version('effnet-zoo')}"
     finetune = cli("finetune", "--help").stdout
-    for shown in ("(default: 10)", "(default: 0.001)", "per process (default: 32)", "lr / 100 (default: 1.0)"):
+    for shown in ("(default: 10)", "(default: 0.001)", "per process (default: 32)",
+                  "lr / 100, at most a fifth of the run (default: 1.0)"):  # fmt: skip
         assert shown in " ".join(finetune.split()), shown
     predict = " ".join(cli("predict", "--help").stdout.split())
     assert "--topk TOPK how many classes to show per image (default: 5)" in predict
