@@ -48,16 +48,21 @@ def disk_full(error: BaseException, folder: Path) -> bool:
         return False
 
 
+def no_space(message: str) -> OSError:
+    """An OSError with ENOSPC whose text is ``message`` alone (``OSError(errno, text)`` prefixes "[Errno 28]")."""
+    error = OSError(message)
+    error.errno = errno.ENOSPC
+    return error
+
+
 def full_disk_error(path: Path, error: BaseException) -> OSError:
     """The one message for a write that ran out of space: where, and that nothing of the user's was lost."""
     detail = str(error).splitlines()[0] if str(error) else ""
-    full = OSError(
+    return no_space(
         f"no space left on the disk holding {path.parent} while writing {path.name}; nothing was lost: "
         f"{path.name} is as it was before (or was never there) and the partial copy was removed. Free some space "
         f"and run again ({type(error).__name__}: {detail})"
     )
-    full.errno = errno.ENOSPC
-    return full
 
 
 class Terminated(BaseException):

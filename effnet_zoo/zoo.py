@@ -24,7 +24,6 @@ from .hub.access import (
     HubTimeout,
     cached_hub_entries,
     cached_hub_file,
-    check_cached_ref,
     explain_hub_error,
     http_errors,
     hub_deadline,
@@ -267,8 +266,7 @@ def _check_local_weights(name: str, kwargs: dict[str, Any]) -> None:
         files = [Path(where)]
     elif kind == "hf-hub":  # the copies already cached (one downloaded now is opened by timm unchecked)
         names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else WEIGHT_FILES
-        check_cached_ref(where, cfg.to_dict().get("hf_hub_revision"))
-        files = cached_hub_entries(where, names, cfg.to_dict().get("hf_hub_revision"))
+        files = cached_hub_entries(where, names, cfg.to_dict().get("hf_hub_revision"))  # the ref checked first
     if files:
         with torch.device("meta"):
             skeleton = create_model(name, **{k: v for k, v in kwargs.items() if k not in _LOADING_ARGS})

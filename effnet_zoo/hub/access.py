@@ -504,19 +504,27 @@ def cached_hub_file(repo_id: str, filenames: tuple[str, ...], revision: str | No
     return None
 
 
+def _cache_folder(repo_id: str) -> Path:
+    """Where huggingface_hub's cache keeps ``repo_id`` (its documented layout: models--ORG--NAME)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+
+
+MAX_REF_BYTES = 256  # a refs/<revision> file holds a 40-character commit hash
+
+
 def check_cached_ref(repo_id: str, revision: str | None = None) -> None:
     """The Hub cache's ``refs/<revision>`` of ``repo_id`` must be a small regular file (a commit hash):
     huggingface_hub reads it whole, and a 1 GB one took 8 GB of memory. ValueError naming it otherwise."""
-    from huggingface_hub import constants
-
     from ..weights.common import special_file
 
-    folder = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    folder = _cache_folder(repo_id)
     ref = folder / "refs" / (revision or "main")
     if not os.path.lexists(ref):
         return
     kind = special_file(ref)
-    if kind is None and ref.stat().st_size > 256:
+    if kind is None and ref.stat().st_size > MAX_REF_BYTES:
         kind = f"{ref.stat().st_size:,} bytes"
     if kind:
         raise ValueError(
@@ -530,16 +538,12 @@ def cached_hub_entries(repo_id: str, filenames: tuple[str, ...], revision: str |
     file, or a FIFO / device / folder that ``try_to_load_from_cache`` passes over but timm would still open."""
     import re
 
-    from huggingface_hub import constants
-
-    folder = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    check_cached_ref(repo_id, revision)
+    folder = _cache_folder(repo_id)
     commit = revision or "main"
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
-        ref = folder / "refs" / commit
         try:
-            if not ref.is_file() or ref.stat().st_size > 256:  # a commit hash, nothing else
-                return []
-            commit = ref.read_text().strip()
+            commit = (folder / "refs" / commit).read_text().strip()  # checked above: a small regular file
         except OSError:
             return []
     snapshot = folder / "snapshots" / commit

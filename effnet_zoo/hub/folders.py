@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .._io import disk_full, full_disk_error, remove, signals_deferred, user_mode
-from .._text import markdown_code, markdown_text, printable
+from .._text import markdown_code, markdown_text
 from ..weights.torch_file import DIGEST_KEY, tensors_digest
 from .access import explain_hub_error, hub_deadline
 from .config import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, check_pretrained_cfg, export_config, in_layout
@@ -74,7 +74,7 @@ def model_card(config: dict[str, Any], title: str, origin: str) -> str:
         model = timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
     params = sum(p.numel() for p in model.parameters())
     labels = config.get("label_names")
-    shown = [f"`{printable(str(label)).replace('`', chr(39))}`" for label in (labels or [])[:10]]  # code: no markup
+    shown = [markdown_code(str(label)) for label in (labels or [])[:10]]
     label_line = f"Labels: {', '.join(shown)}{' ...' if len(labels) > 10 else ''}.\n\n" if labels else ""
     return f"""---
 tags:

@@ -188,8 +188,8 @@ def open_image(source: Path | bytes) -> Image.Image:
 
 def _scaled_to_8_bits(img: Image.Image) -> Image.Image:
     """16-bit (or 32-bit integer) grayscale as 8 bits, value / 257 rounded: PIL's own convert clips everything
-    above 255 (a 16-bit PNG turns white). Converted in strips of rows, so memory stays about 3 bytes a pixel
-    (a whole-image float64 conversion took 1.1 GB for one 8000x8000 PNG of 140 KB)."""
+    above 255 (a 16-bit PNG turns white). Converted in strips of rows: with the decoded image and the RGB result,
+    about 7 bytes a pixel (a whole-image float64 conversion took 17: 1.1 GB for one 8000x8000 PNG of 140 KB)."""
     import numpy as np
 
     values = np.asarray(img)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from timm.data import resolve_data_config
 
-from .._io import atomic_write, check_replaceable_file
+from .._io import atomic_write, check_replaceable_file, no_space
 from ..inference import optimize_for_inference
 from .common import load_pretrained
 
@@ -98,6 +98,8 @@ def _export_kind(path: Path) -> str | None:
         except (zipfile.BadZipFile, OSError, KeyError):
             return None
         return kind if kind in ("torchscript", "torch-export") else None
+    if path.stat().st_size > 2**31:  # protobuf's own limit: no ONNX file of ours is larger (and it is read whole)
+        return None
     try:
         import onnx
 
@@ -134,19 +136,16 @@ def check_replaceable_export(path: Path, fmt: str) -> None:
 def _check_space(out: Path, model: torch.nn.Module) -> None:
     """Refuse an export the disk cannot hold, before writing: torch's TorchScript and .pt2 writers abort the whole
     process (C++ terminate) when the disk fills, so nothing could be cleaned up or explained afterwards."""
-    import errno
     import shutil
 
     need = sum(t.numel() * t.element_size() for t in model.state_dict().values()) * 1.1 + 2**20
     folder = next(p for p in [out.parent, *out.parent.parents] if p.exists())
     free = shutil.disk_usage(folder).free
     if free < need:
-        full = OSError(
+        raise no_space(
             f"the disk holding {out.parent} has {free / 2**20:,.1f} MiB free, and the export needs about "
             f"{need / 2**20:,.1f} MiB; nothing was written. Free some space, or choose another --out"
         )
-        full.errno = errno.ENOSPC
-        raise full
 
 
 def export(

@@ -188,8 +188,8 @@ def _fitting_batch_size(batch_size: int, images: int, world: int, main: bool = T
     return fitting
 
 
-# What a checkpoint.pt of ours holds; a file without these keys is someone else's (or damaged).
 METRIC_KEYS = {"epoch", "train_loss", "train_top1", "train_img_per_s"}  # every line of our metrics.jsonl
+# What a checkpoint.pt of ours holds; a file without these keys is someone else's (or damaged).
 CHECKPOINT_KEYS = ("epoch", "updates", "history", "classes", "config", "model", "optimizer", "scheduler")
 
 
@@ -240,7 +240,7 @@ def _not_our_run_file(path: Path) -> str | None:
             lines = path.read_text().splitlines() if path.stat().st_size < 2**24 else ["x"]
             if lines and all(METRIC_KEYS <= set(json.loads(line)) for line in lines):
                 return None
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):  # TypeError: a line that is a number, not an object
             pass
         return "not the metrics a run writes"
     return "not a file a run writes"
@@ -264,10 +264,8 @@ def _check_run_dir(out: Path, resume: bool, force: bool) -> None:
                 f"{out} holds what a finetune run did not write ({shown}); --force replaces only a run's own "
                 f"{CHECKPOINT}, {METRICS} and {FINAL}/: move those files, or choose another --out"
             )
-    if resume:
-        _not_our_final = _not_our_run_file(out / FINAL) if (out / FINAL).exists() else None
-        if _not_our_final:
-            raise FileExistsError(f"{out / FINAL} is {_not_our_final}; the run would replace it at the end: move it")
+    if resume and (out / FINAL).exists() and (why := _not_our_run_file(out / FINAL)):
+        raise FileExistsError(f"{out / FINAL} is {why}; the run would replace it at the end: move it")
 
 
 # Warm-up takes at most this share of the run: with the default --warmup-epochs 1, a 1-epoch run was all warm-up

@@ -29,10 +29,10 @@ class CorruptWeightsError(ConversionError):
 
 # What a checkpoint of one model may declare, checked before anything is allocated (docs/reliability.md): four
 # float32 copies of the model's tensors (weights, EMA and Adam's two moments; or two float64 copies), the
-# classifier counted with up to MAX_CLASSES classes (ImageNet-21k's 21,843 is the largest label set EfficientNet
+# classifier counted with up to BUDGET_CLASSES classes (ImageNet-21k's 21,843 is the largest label set EfficientNet
 # weights are published for), plus BUDGET_SLACK for the pickle, zip and HDF5 bookkeeping around the tensors.
 BUDGET_COPIES = 4
-MAX_CLASSES = 21843
+BUDGET_CLASSES = 21843
 BUDGET_SLACK = 16 << 20
 
 
@@ -50,7 +50,7 @@ class WeightsBudget:
     def of(cls, model: nn.Module) -> WeightsBudget:
         name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
         body = sum(t.numel() for k, t in model.state_dict().items() if not k.startswith("classifier."))
-        head = (getattr(model, "num_features", 0) + 1) * max(getattr(model, "num_classes", 0) or 0, MAX_CLASSES)
+        head = (getattr(model, "num_features", 0) + 1) * max(getattr(model, "num_classes", 0) or 0, BUDGET_CLASSES)
         return cls(BUDGET_COPIES * 4 * (body + head) + BUDGET_SLACK, name)
 
     def take(self, path: str | Path, nbytes: int, what: str) -> None:
@@ -60,7 +60,7 @@ class WeightsBudget:
             raise CorruptWeightsError(
                 f"refused to read {path}: {what} would bring what it declares to {self.used:,} bytes, more than a "
                 f"checkpoint of {self.model} holds (at most {self.limit:,}: {BUDGET_COPIES} float32 copies of its "
-                f"tensors with a head of up to {MAX_CLASSES:,} classes). It is a checkpoint of a larger model "
+                f"tensors with a head of up to {BUDGET_CLASSES:,} classes). It is a checkpoint of a larger model "
                 "(check --model) or a file built to exhaust memory; nothing more was read"
             )
 
