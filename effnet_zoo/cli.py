@@ -1,4 +1,8 @@
-"""``effnet-zoo``: the command-line front of the package."""
+"""``effnet-zoo``: the command-line front of the package.
+
+This module imports nothing heavy: the parser answers ``--help`` and argument errors without torch or timm, and each
+command imports what it runs (``effnet_zoo_cli`` is the entry point that keeps ``import effnet_zoo`` light too).
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,10 @@ import threading
 import warnings
 from typing import Any, NoReturn
 
+from . import register
 from ._io import Terminated, stop_on_signal
 from ._text import printable
-from .hub.config import MAX_INPUT_SIDE
+from .options import DTYPE_NAMES, EXPORT_FORMATS, LAYOUTS, MAX_INPUT_SIDE, SOURCE_FORMATS
 
 
 def _say(text: str, block: bool = False) -> None:
@@ -259,17 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_summary)
 
-    from .hub.config import LAYOUTS
-    from .weights.convert import DTYPES, FORMATS
-
     p = sub.add_parser("convert", help="convert EfficientNet weights of another format to a Hub-ready folder")
     p.add_argument("src", help="checkpoint file, TF checkpoint prefix, or folder")
-    p.add_argument("--from", dest="fmt", required=True, choices=list(FORMATS), help="the source format")
+    p.add_argument("--from", dest="fmt", required=True, choices=SOURCE_FORMATS, help="the source format")
     p.add_argument(
         "--model", required=True, help="target, e.g. effnet_v1_b0 or effnet_v1_b0.ap_in1k (sets preprocessing)"
     )
     p.add_argument("--out", required=True, help="output folder (model.safetensors, config.json, README.md)")
-    p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="stored precision")
+    p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES, help="stored precision")
     p.add_argument("--verify", action="store_true", help="compare with the source library's model, when importable")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--padding", choices=["same", "symmetric"], help="override the padding the source implies")
@@ -349,11 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=LAYOUTS, default="effnet_zoo", help="of the saved model/: " + LAYOUT_HELP)
     p.set_defaults(func=_finetune)
 
-    from .tasks.export import FORMATS
-
     p = sub.add_parser("export", help="export to ONNX / TorchScript / torch.export, checked against eager")
     p.add_argument("--model", required=True, help=model_help)
-    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     p.add_argument("--out", required=True, help="output file (.onnx, .pt, .pt2)")
     p.add_argument("--dynamic-batch", action="store_true", help="a batch dimension of any size")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="example batch for export")
@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     if main_thread:  # SIGTERM stops like Ctrl-C, and neither splits a write (effnet_zoo._io.signals_deferred)
         previous = {s: signal.signal(s, stop_on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        register()  # what `import effnet_zoo` does in a program; the command line waits until a command runs
         code = args.func(args)
         sys.stdout.flush()  # here, where a closed pipe can still be handled
         return code

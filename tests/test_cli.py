@@ -112,3 +112,58 @@ def test_small_things_a_newcomer_hit(tmp_path):
 
     two = ValidateResult("m", "d", 10, 90.0, None, 0.3, 5.0, "cpu", False)
     assert "top-5" not in format_result(two) and "top-1 90.000%" in format_result(two)
+
+
+HEAVY = ("torch", "timm", "numpy", "PIL", "huggingface_hub", "safetensors")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["--version"],
+        *[
+            [command, "--help"]
+            for command in ("summary", "convert", "push", "demo", "predict", "validate", "finetune", "export")
+        ],  # fmt: skip
+        ["predict", "--topk", "0", "x.jpg"],  # an argument error
+        ["convert", "x", "--from", "caffe", "--model", "b0", "--out", "y"],  # a choice error
+        ["nonsense"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_help_and_argument_errors_import_nothing_heavy(args):
+    """--help and argument errors answer at once: the console script imports neither torch nor timm for them
+    (they took 4-7 s here). Counted from Python's own import log, not timed."""
+    import sys
+
+    out = subprocess.run([sys.executable, "-X", "importtime", EXE, *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode in (0, 2), out.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "effnet_zoo.cli" in imported  # the log is real: the command's own module is in it
+    assert not {m for m in imported if m.split(".")[0] in HEAVY}, sorted(m for m in imported if "." not in m)
+    assert (out.stdout if out.returncode == 0 else out.stderr).strip()
+
+
+def test_the_cli_names_are_the_librarys():
+    """The parser's choices (effnet_zoo.options, torch-free) are the ones the library acts on."""
+    from effnet_zoo import options
+    from effnet_zoo.hub.folders import DTYPES
+    from effnet_zoo.tasks.export import FORMATS as EXPORTS
+    from effnet_zoo.weights.convert import FORMATS
+
+    assert tuple(FORMATS) == options.SOURCE_FORMATS and tuple(DTYPES) == options.DTYPE_NAMES
+    assert EXPORTS == options.EXPORT_FORMATS
+
+
+def test_import_effnet_zoo_registers_and_the_public_api_resolves():
+    """A program's `import effnet_zoo` registers the models (the command line alone defers it)."""
+    import sys
+
+    code = (
+        "import sys, effnet_zoo, timm; assert 'effnet_v1_b0' in timm.list_models('effnet_v1_*');"
+        "from effnet_zoo import EfficientNet, push_to_hub, CheckpointError;"
+        "assert all(getattr(effnet_zoo, n) is not None for n in effnet_zoo.__all__); print(len(effnet_zoo.__all__))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "13", out.stderr[-2000:]

@@ -19,6 +19,7 @@ from torch import nn
 from .._io import atomic_write_text
 from .._text import printable
 from ..model import ARGUMENT_RANGES, argument_problem
+from ..options import LAYOUTS, MAX_INPUT_SIDE
 
 PRETRAINED_CFG_KEYS = (
     "tag", "custom_load", "input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode",
@@ -58,7 +59,6 @@ def hub_config(model_name: str) -> dict[str, Any]:
 # Bounds on what a config.json may ask for. Every route that reads one (local-dir:, hf-hub:, a registered tag, a
 # pretrained_cfg passed in Python, the command line) checks it against these before anything is allocated.
 MAX_CONFIG_BYTES = 8 * 2**20  # ImageNet-22k's 21,843 label names with descriptions take about 1.5 MB
-MAX_INPUT_SIDE = 1600  # twice EfficientNet-L2's 800 px; [3, 12000, 12000] took 7.3 GB in predict
 MIN_CROP_PCT = 0.25  # the eval resize is input / crop_pct: 0.01 resized a photo to 22400 px (3.6 GB)
 MAX_CLASSES = 100_000  # ImageNet-22k has 21,843
 # The eval resize is to input / crop_pct before the crop, and the long side follows the aspect ratio: with an
@@ -420,8 +420,6 @@ def export_config(
 
 
 # ---- timm's own layout, for users without effnet_zoo -----------------------------------------------------
-
-LAYOUTS = ("effnet_zoo", "timm")
 
 
 def timm_architecture(architecture: str) -> str:

@@ -16,9 +16,10 @@ from timm.data import resolve_data_config
 
 from .._io import atomic_write, check_replaceable_file, no_space
 from ..inference import optimize_for_inference
+from ..options import EXPORT_FORMATS
 from .common import load_pretrained
 
-FORMATS = ("onnx", "torchscript", "torch-export")
+FORMATS = EXPORT_FORMATS
 SUFFIXES = {
     "onnx": (".onnx",),
     "torchscript": (".pt", ".pth", ".ts", ".jit", ".torchscript"),
