@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from . import register
 from ._io import Terminated, stop_on_signal
 from ._text import printable
-from .options import DTYPE_NAMES, EXPORT_FORMATS, LAYOUTS, MAX_INPUT_SIDE, SOURCE_FORMATS
+from .options import DTYPE_NAMES, EXPORT_FORMATS, LAYOUTS, MAX_INPUT_SIDE, PREDICT_FORMATS, SOURCE_FORMATS
 
 
 def _say(text: str, block: bool = False) -> None:
@@ -142,11 +142,20 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .tasks.predict import format_result, predict, report_skip
+    from .tasks.predict import predict_files, report_skip
 
-    result = predict(args.images, args.model, args.topk, args.batch_size, args.device, on_skip=report_skip)
-    _say(json.dumps(result.to_json(), indent=2) if args.json else format_result(result), block=True)
-    return 0 if result.predictions else 1
+    summary = predict_files(
+        args.images, args.model, args.topk, args.batch_size, args.workers, args.device, args.out, args.format,
+        args.resume, args.force, json_document=args.json, progress=None if args.progress else False,
+        on_skip=report_skip,
+    )  # fmt: skip
+    if summary is None:  # a torchrun rank other than 0: rank 0 writes and reports
+        return 0
+    if summary.out is not None:
+        before = f", {summary.already_done:,} there before" if args.resume else ""
+        print(f"effnet-zoo: {summary.total:,} images -> {printable(summary.out)}: {summary.classified:,} classified, "
+              f"{summary.skipped:,} skipped{before}", file=sys.stderr)  # fmt: skip
+    return 0 if summary.classified or summary.already_done else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -157,11 +166,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from .tasks.distributed import launched_rank
     from .tasks.predict import report_skip
     from .tasks.validate import format_result, validate
 
     result = validate(args.data, args.model, args.batch_size, args.amp, args.channels_last, args.device,
                       args.workers, progress=not args.json, on_skip=report_skip)  # fmt: skip
+    if launched_rank() != 0:  # under torchrun every rank has the summed result; rank 0 prints it
+        return 0
     _say(json.dumps(result.to_json(), indent=2) if args.json else format_result(result), block=args.json)
     return 0
 
@@ -297,13 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=POSITIVE_INT, default=5, help="how many classes to show per image")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("predict", help="classify images (files, folders, globs)")
+    p = sub.add_parser("predict", help="classify images (files, folders, globs); streams; runs under torchrun")
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--model", default="effnet_v1_b0.aa_in1k", help=model_help)
     p.add_argument("--topk", type=POSITIVE_INT, default=5, help="how many classes to show per image")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="images per forward pass")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--workers", type=COUNT, default=2, help="image-decoding processes (0: decode in this one)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available; torchrun: the local rank's GPU)")
+    p.add_argument("--out", help="write one record per image to this .jsonl or .csv file as batches finish")
+    p.add_argument("--format", choices=PREDICT_FORMATS, help="of --out (default: from its suffix)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted --out: classify only what it lacks")
+    p.add_argument("--force", action="store_true", help="replace an --out that holds earlier results")
+    p.add_argument("--json", action="store_true", help="without --out: one JSON document on stdout")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (shown on a terminal when results go to --out or a pipe)")  # fmt: skip
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("validate", help="top-1 / top-5 over an image folder (DIR/<class>/<image>)")

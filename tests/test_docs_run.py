@@ -33,6 +33,9 @@ NOT_RUN = {
     "make test": "is this suite",
     "pip install -e '.[demo]'": "installs the package, as .ci/run does before this suite",
     "OUT=gpu-results bash tools/gpu_check.sh": "needs a CUDA GPU (tests/test_cuda.py on the device)",
+    "torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint node0:29400 "
+    "$(which effnet-zoo) predict /data/photos --model effnet_v1_b0.aa_in1k --out /data/labels.jsonl": "needs two "
+    "machines; tests/test_predict_stream.py runs predict and validate as 2 nodes x 1 over the loopback rendezvous",
 }
 # timm's scripts live only in timm's git repository (not in its package): the route itself is tested in
 # tests/test_timm_scripts.py with a script that does what they do with a model

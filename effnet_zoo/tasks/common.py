@@ -303,6 +303,62 @@ def _listed(path: Path) -> bool:
         return True
 
 
+class ImagePaths(torch.utils.data.Dataset):
+    """A list of image files as a dataset of ``(path, -1)``: what :class:`DecodedImages` reads for ``predict``."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Path, int]:
+        return self.paths[index], -1
+
+
+class DecodedImages(torch.utils.data.Dataset):
+    """Images decoded (in the loader's workers) from a dataset of ``(path or bytes, target)``, each returned as
+    ``(tensor, target, index, reason)``: an unreadable image comes back marked with its reason, and is left out
+    of the results by the caller. timm's dataset would substitute the next image, counting that one twice.
+
+    ``indices``: which items of ``source`` this process handles (its :func:`~.distributed.shard`); ``index`` is
+    the item's position in ``source``.
+    """
+
+    def __init__(
+        self, source: torch.utils.data.Dataset, input_size: tuple[int, int, int], indices: range | None = None
+    ) -> None:
+        self.source, self.input_size = source, input_size
+        self.indices = range(len(source)) if indices is None else indices
+        self.transform = None  # set by timm's create_loader
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, str]:
+        index = self.indices[i]
+        raw, target = self.source[index]
+        try:
+            return self.transform(open_image(raw)), target, index, ""
+        except ValueError as e:
+            return torch.zeros(self.input_size), target, index, str(e)
+
+
+def decoded_loader(
+    decoded: DecodedImages, model: nn.Module, batch_size: int, workers: int, device: torch.device
+) -> torch.utils.data.DataLoader:
+    """timm's eval loader over ``decoded``, preprocessing exactly as the model's ``pretrained_cfg`` says (timm's
+    validate.py transform), in order, with ``workers`` decoding processes."""
+    from timm.data import create_loader, resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    return create_loader(
+        decoded, input_size=cfg["input_size"], batch_size=batch_size, interpolation=cfg["interpolation"],
+        mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"], crop_mode=cfg.get("crop_mode"),
+        num_workers=workers, use_prefetcher=False, device=device, persistent_workers=False,
+    )  # fmt: skip
+
+
 def expand_image_paths(inputs: list[str]) -> list[Path]:
     """Files, folders (searched recursively for image extensions) and glob patterns, in the order given.
 

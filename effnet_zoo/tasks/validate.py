@@ -8,11 +8,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from timm.data import create_loader, resolve_data_config
+from timm.data import resolve_data_config
 from tqdm import tqdm
 
 from .._text import printable
-from .common import autocast, class_ids, count, image_folder, load_pretrained, open_image, resolve_device
+from .common import DecodedImages, autocast, class_ids, count, decoded_loader, image_folder, load_pretrained
+from .distributed import Dist, shard
 
 
 @dataclass
@@ -53,25 +54,6 @@ def folder_class_map(folder_classes: list[str], model: torch.nn.Module) -> list[
     )
 
 
-class _DecodedHere(torch.utils.data.Dataset):
-    """timm's folder dataset read as bytes and decoded here. An unreadable image comes back marked with its
-    reason and is left out of the counts; timm's dataset would substitute the next image, counting it twice."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset, input_size: tuple[int, int, int]) -> None:
-        self.dataset, self.input_size = dataset, input_size
-        self.transform: Callable | None = None  # set by timm's create_loader
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
-        raw, target = self.dataset[index]
-        try:
-            return self.transform(open_image(raw)), target, index, ""
-        except ValueError as e:
-            return torch.zeros(self.input_size), target, index, str(e)
-
-
 def validate(
     data: str,
     model_name: str,
@@ -83,35 +65,46 @@ def validate(
     progress: bool = True,
     on_skip: Callable[[Path, Exception], None] | None = None,
 ) -> ValidateResult:
+    """Top-1 / top-5 of ``model_name`` over ``data``; under torchrun each rank scores its share of the images
+    (each image once) and the counts are summed, so every rank returns what one process would."""
     root = Path(data)
     if not root.is_dir():
         raise FileNotFoundError(f"--data {data!r} is not a folder; expected DIR/<class>/<image> (an ImageFolder)")
-    dev = resolve_device(device)
+    env = Dist(device)
+    try:
+        return _validate(root, data, model_name, batch_size, amp, channels_last, env, workers, progress, on_skip)
+    finally:
+        env.close()
+
+
+def _validate(
+    root: Path, data: str, model_name: str, batch_size: int, amp: bool, channels_last: bool, env: Dist, workers: int,
+    progress: bool, on_skip: Callable[[Path, Exception], None] | None,
+) -> ValidateResult:  # fmt: skip
+    dev = env.device
     model = load_pretrained(model_name).eval().to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     files = image_folder(root, load_bytes=True)
     if len(files) == 0:
         raise ValueError(f"no images found under {data!r}; expected DIR/<class>/<image>")
+    env.check_same_files([f for f, _ in files.reader.samples], f"images under {data!r}")
     skipped: list[tuple[str, str]] = []
-    for path, reason in files.reader.unreadable:  # FIFOs, devices, huge files: never opened
-        skipped.append((path, reason))
-        if on_skip:
-            on_skip(Path(path), ValueError(reason))
+    if env.main:
+        for path, reason in files.reader.unreadable:  # FIFOs, devices, huge files: never opened
+            skipped.append((path, reason))
+            if on_skip:
+                on_skip(Path(path), ValueError(reason))
     target_map = torch.tensor(folder_class_map(list(files.reader.class_to_idx), model), device=dev)
-    cfg = resolve_data_config({}, model=model)
-    decoded = _DecodedHere(files, cfg["input_size"])
-    loader = create_loader(
-        decoded, input_size=cfg["input_size"], batch_size=batch_size, interpolation=cfg["interpolation"],
-        mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"], crop_mode=cfg.get("crop_mode"),
-        num_workers=workers, use_prefetcher=False, device=dev, persistent_workers=False,
-    )  # fmt: skip
+    input_size = resolve_data_config({}, model=model)["input_size"]
+    decoded = DecodedImages(files, input_size, shard(len(files), env.rank, env.world))
+    loader = decoded_loader(decoded, model, batch_size, workers, dev)
     correct1 = correct5 = seen = 0
     loss_sum = 0.0
     start = time.perf_counter()
     with torch.inference_mode():
         for images, targets, indices, reasons in tqdm(loader, desc=f"validate {printable(model_name)}", unit="batch",
-                                                      disable=not progress):  # fmt: skip
+                                                      disable=not (progress and env.main)):  # fmt: skip
             for index, reason in zip(indices.tolist(), reasons, strict=True):
                 if reason:
                     path = Path(files.reader.filename(index, absolute=True))
@@ -136,10 +129,13 @@ def validate(
             correct5 += hits.any(-1).sum().item()
             seen += targets.numel()
     elapsed = time.perf_counter() - start
+    correct1, correct5, seen, loss_sum = env.sum([correct1, correct5, seen, loss_sum])
+    elapsed = max(env.gather(elapsed) or [elapsed])  # rank 0: the slowest rank's time
+    skipped = [s for part in env.gather(skipped) or [skipped] for s in part]
     if seen == 0:
         raise ValueError(f"none of the {len(files)} files under {data!r} is a readable image")
     return ValidateResult(
-        model=model_name, data=str(root), num_images=seen, top1=100.0 * correct1 / seen,
+        model=model_name, data=str(root), num_images=int(seen), top1=100.0 * correct1 / seen,
         top5=100.0 * correct5 / seen if model.num_classes > 5 else None,
         loss=loss_sum / seen, img_per_s=seen / elapsed, device=str(dev), amp=amp, skipped=skipped,
     )  # fmt: skip
