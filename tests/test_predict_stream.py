@@ -227,3 +227,28 @@ def test_predict_and_validate_under_torchrun_equal_one_process(lite0_dir, photos
             assert got["top1"] == alone["top1"] and got["top5"] == alone["top5"]
             assert abs(got["loss"] - alone["loss"]) < 1e-5
             assert [p for p, _ in got["skipped"]] == [str(labelled / "n01443537" / "broken.png")]
+
+
+def test_force_replaces_any_models_results_and_resume_handles_a_bare_header(lite0_dir, photos, tmp_path):
+    model = f"local-dir:{lite0_dir}"
+    table = tmp_path / "r.csv"
+    assert cli("predict", photos, "--model", model, "--topk", "2", "--out", table).returncode == 0
+    again = cli("predict", photos, "--model", model, "--topk", "3", "--out", table, "--force")
+    assert again.returncode == 0, again.stderr
+    header = table.read_text().splitlines()[0]
+    assert header.endswith("top3_probability,skipped") and table.read_text().count(header) == 1
+    complete = table.read_text()
+    # killed right after the header: the resumed file has it once, then every image
+    partial = tmp_path / "r.csv.partial"
+    table.rename(partial)
+    partial.write_text(header + "\n")
+    resumed = cli("predict", photos, "--model", model, "--topk", "3", "--out", table, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert table.read_text().splitlines()[0] == header and table.read_text().count(header) == 1
+    assert len(table.read_text().splitlines()) == len(complete.splitlines()) == 23
+    # --force checks every file it would replace: a foreign FILE is kept even when FILE.partial is ours
+    shutil.copy(table, partial)
+    table.write_text("my,own,table\n")
+    refused = cli("predict", photos, "--model", model, "--out", table, "--force")
+    assert refused.returncode == 2 and "does not start with predict's CSV header" in refused.stderr
+    assert table.read_text() == "my,own,table\n"

@@ -235,7 +235,6 @@ class ResultsFile:
         self.out, self.fmt, self.model_name, self.k = out, fmt, model_name, k
         self.partial = out.with_name(out.name + ".partial")
         self.done: set[str] = set()
-        self.kept = 0
         for path in (out, self.partial):
             check_replaceable_file(path)
             if path.is_symlink():
@@ -249,10 +248,11 @@ class ResultsFile:
                 raise FileExistsError(
                     f"{source} holds {what}: --resume classifies only the images it lacks, --force starts over"
                 )
-            self._read(source)  # --force replaces predict's own results only
-            self.done.clear()
-            self.kept = 0
+            for existing in (self.partial, out):  # --force replaces predict's own results only, of any model
+                if existing.exists():
+                    self._read(existing, first_only=True)
             source = None
+        end = 0
         if source is not None:
             end = self._read(source)
             if source == out:  # a finished file gains the images added since; it stays whole until the rename
@@ -260,36 +260,44 @@ class ResultsFile:
                     _copy(src, dst, end)
             else:
                 os.truncate(self.partial, end)  # a record torn by the kill is cut off
-        fresh = source is None
+        self.kept = len(self.done)
+        fresh = end == 0  # nothing kept, not even a CSV header
         self.file = open(self.partial, "w" if fresh else "a", encoding="utf-8", newline="")
         self.writer = csv.writer(self.file, lineterminator="\n") if fmt == "csv" else None
         if fresh and self.writer:
             self.writer.writerow(_csv_header(k))
             self.file.flush()
 
-    def _read(self, path: Path) -> int:
-        """Check ``path`` holds predict's records for this model and top-k, collect their images, and return the
-        byte offset after the last whole record."""
+    def _read(self, path: Path, first_only: bool = False) -> int:
+        """Check ``path`` holds predict's records for this model and top-k (``first_only``: that its first record
+        is one of predict's, of any model), collect their images, and return the byte offset after the last whole
+        record (or after the CSV header)."""
         if kind := special_file(path):  # a FIFO would block
             raise ValueError(f"{path} is {kind}, not a results file predict wrote")
         end = 0
         with open(path, "rb") as f:
             for number, (record, offset) in enumerate(_records(f, self.fmt, path), 1):
-                problem = self._problem(record)
-                if problem:
-                    raise ValueError(f"{path} record {number}: {problem}")
-                self.done.add(record["path"])
                 end = offset
-        self.kept = len(self.done)
+                if record is None:  # the CSV header
+                    continue
+                if problem := self._problem(record, same_run=not first_only):
+                    raise ValueError(f"{path} record {number}: {problem}")
+                if first_only:
+                    break
+                self.done.add(record["path"])
         return end
 
-    def _problem(self, record: dict) -> str | None:
+    def _problem(self, record: dict, same_run: bool) -> str | None:
         if not isinstance(record, dict) or not isinstance(record.get("path"), str):
             return "not a record predict writes (no path); --out must name predict's own results"
-        if record.get("model") != self.model_name:
-            return (f"classified by --model {printable(str(record.get('model')))!s}, not {printable(self.model_name)}: "
+        if not isinstance(record.get("model"), str):
+            return "not a record predict writes (no model); --out must name predict's own results"
+        if not same_run:
+            return None
+        if record["model"] != self.model_name:
+            return (f"classified by --model {printable(record['model'])}, not {printable(self.model_name)}: "
                     "resume with the same model, or write to another --out")  # fmt: skip
-        if "skipped" in record and record["skipped"]:
+        if record.get("skipped"):
             return None
         top = record.get("top")
         if not isinstance(top, list) or len(top) != self.k:
@@ -342,8 +350,8 @@ def _lines(f: io.BufferedReader, path: Path) -> Iterator[tuple[str, int]]:
         yield line.decode("utf-8", "replace"), offset
 
 
-def _records(f: io.BufferedReader, fmt: str, path: Path) -> Iterator[tuple[dict, int]]:
-    """The records of a results file, each with the byte offset after it."""
+def _records(f: io.BufferedReader, fmt: str, path: Path) -> Iterator[tuple[dict | None, int]]:
+    """The records of a results file, each with the byte offset after it (a CSV header comes as None)."""
     lines = _lines(f, path)
     if fmt == "jsonl":
         for line, offset in lines:
@@ -365,6 +373,7 @@ def _records(f: io.BufferedReader, fmt: str, path: Path) -> Iterator[tuple[dict,
         return
     if not header or header[:2] != ["path", "model"] or header[-1] != "skipped" or (len(header) - 3) % 3:
         raise ValueError(f"{path} does not start with predict's CSV header (path,model,top1_index,...,skipped)")
+    yield None, ends[-1]
     k = (len(header) - 3) // 3
     for row in rows:
         if len(row) != len(header):
