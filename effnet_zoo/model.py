@@ -35,6 +35,56 @@ OUTPUT_STRIDES = (2, 4, 8, 16, 32)
 MAX_PARAMS = 2_000_000_000
 
 
+def ends_a_level(stages: Sequence[StageConfig], index: int) -> bool:
+    """Whether stage ``index`` gives a pyramid level: the last map at each resolution (timm's convention for necks).
+
+    One rule for ``feature_info`` and for checking ``out_indices`` before a network is built."""
+    return index == len(stages) - 1 or stages[index + 1].stride > 1
+
+
+def check_out_indices(out_indices: Any, levels: int) -> None:
+    """Refuse ``out_indices`` that select no level, a level twice or one the network lacks, saying what is valid.
+
+    timm's semantics, checked up front: an int N is the last N levels, a sequence names levels (negative ones
+    count from the last). timm's own wrappers failed on these with a bare AssertionError or IndexError deep
+    inside, or built a backbone whose ``feature_info`` disagreed with the maps it returns (a repeated level).
+    """
+    shown = repr(out_indices) if len(repr(out_indices)) <= 80 else repr(out_indices)[:77] + "..."
+    valid = f"this network has {levels} feature levels: 0 to {levels - 1}, or -{levels} to -1 counting from the last"
+    if isinstance(out_indices, int) and not isinstance(out_indices, bool):
+        if not 0 < out_indices <= levels:
+            raise ValueError(
+                f"out_indices={out_indices} asks for the last {out_indices} feature levels; this network has "
+                f"{levels}: pass 1 to {levels}, or a tuple of levels (0 to {levels - 1})"
+            )
+        return
+    sized = hasattr(out_indices, "__len__") and hasattr(
+        out_indices, "__iter__"
+    )  # a tuple, list, array: not a generator
+    if isinstance(out_indices, (str, bytes, bool)) or not sized:
+        raise TypeError(
+            f"out_indices {shown} is neither an int (the last N feature levels, 1 to {levels}) nor a sequence of "
+            f"levels, e.g. (1, 2, 3, 4); {valid}"
+        )
+    if len(out_indices) == 0:
+        raise ValueError(f"out_indices {shown} selects no feature level; {valid} (leave it out for all {levels})")
+    seen: dict[int, Any] = {}
+    for given in out_indices:
+        if isinstance(given, bool) or not hasattr(given, "__index__"):
+            raise TypeError(f"out_indices {shown} holds {given!r}, not an integer level; {valid}")
+        level = int(given.__index__())
+        if not -levels <= level < levels:
+            raise ValueError(f"out_indices {shown}: there is no feature level {level}; {valid}")
+        absolute = level % levels
+        if absolute in seen:
+            also = f" (as {seen[absolute]} and {level})" if seen[absolute] != level else ""
+            raise ValueError(
+                f"out_indices {shown} names level {absolute} twice{also}; each level's map is returned once, so "
+                f"name it once ({valid})"
+            )
+        seen[absolute] = level
+
+
 def checked_input(
     x: torch.Tensor,
     in_chans: int,
@@ -294,9 +344,7 @@ class EfficientNet(nn.Module):
                     block_idx += 1
                 dilation = next_dilation
                 stage_modules.append(nn.Sequential(*blocks))
-                # A pyramid level is the last map at each resolution (timm's convention for necks).
-                is_last = stage_idx == len(self.stage_configs) - 1
-                if is_last or self.stage_configs[stage_idx + 1].stride > 1:
+                if ends_a_level(self.stage_configs, stage_idx):
                     self.feature_info.append(
                         dict(num_chs=channels, reduction=reduction, module=f"blocks.{stage_idx}", stage=stage_idx + 1)
                     )

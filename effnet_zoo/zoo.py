@@ -31,8 +31,8 @@ from .hub.access import (
     unreachable_message,
 )
 from .hub.config import MAX_INPUT_SIDE, check_pretrained_cfg
-from .model import EfficientNet, EfficientNetFeatures
-from .scaling import LITE_VARIANTS, VARIANTS, Scaling, scaling_from_phi
+from .model import EfficientNet, EfficientNetFeatures, check_out_indices, ends_a_level
+from .scaling import BASE_STAGES, LITE_VARIANTS, VARIANTS, Scaling, scaling_from_phi
 from .weights.common import WeightsBudget, require_regular_file
 from .weights.timm_format import checkpoint_filter_fn, source_file, weights_source
 from .weights.torch_file import (
@@ -195,6 +195,8 @@ def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> Effi
     """Every variant's builder. Dropout and stochastic depth stay 0 unless asked for, as in every timm model
     (``Scaling.dropout`` holds the rates the paper trained each variant with)."""
     _timm_arguments(kwargs)
+    if kwargs.get("features_only"):
+        _check_out_indices(kwargs)
     _check_given_cfg(kwargs)
     if pretrained:
         _check_local_weights(name, kwargs)
@@ -225,6 +227,20 @@ def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> Effi
         raise error from e
 
 
+def _check_out_indices(kwargs: dict[str, Any]) -> None:
+    """The levels a ``features_only`` call asks for (the caller's, a feature_cfg's or timm's default, as timm picks
+    them), checked before anything is built or downloaded: timm's wrappers fail on a bad one with a bare
+    AssertionError or IndexError."""
+    feature_cfg = kwargs.get("feature_cfg") or {}
+    try:
+        stages = tuple(kwargs.get("stages", BASE_STAGES))
+        levels = sum(ends_a_level(stages, i) for i in range(len(stages)))
+    except (TypeError, AttributeError):  # stages that are not StageConfigs: the network's own check explains
+        return
+    if levels:
+        check_out_indices(kwargs.get("out_indices", feature_cfg.get("out_indices", TIMM_OUT_INDICES)), levels)
+
+
 def _check_given_cfg(kwargs: dict[str, Any]) -> None:
     """A pretrained_cfg that came with the call (a folder's or Hub repo's config.json, or the caller's own) is
     checked like a folder's config.json: timm reads it unchecked, and a bad value crashed deep in the build or the
@@ -238,6 +254,8 @@ def _check_given_cfg(kwargs: dict[str, Any]) -> None:
         in_chans = kwargs.get("in_chans", 3)
         check_pretrained_cfg(cfg, where, in_chans if isinstance(in_chans, int) else 3)
 
+
+TIMM_OUT_INDICES = (0, 1, 2, 3, 4)  # what timm's builder gives features_only when no out_indices is passed
 
 # What timm's builder takes for loading and features; the rest of the arguments shape the model
 _LOADING_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "pretrained_model_args", "pretrained_strict",

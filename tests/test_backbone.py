@@ -237,3 +237,54 @@ def test_extra_blocks_index_every_stage_like_timm():
         assert ours.num_features == ref.num_features == 32
         ours.reset_classifier(7, "avg")
         assert ours(x).shape == (1, 7)
+
+
+@pytest.mark.parametrize("feature_cls", [None, "fx", "hook"])
+@pytest.mark.parametrize(
+    "out_indices, error, match",
+    [
+        ((5,), ValueError, r"out_indices \(5,\): there is no feature level 5; .*0 to 4, or -5 to -1"),
+        ((-7,), ValueError, r"out_indices \(-7,\): there is no feature level -7; .*0 to 4, or -5 to -1"),
+        ((0, 2, 9), ValueError, r"there is no feature level 9"),
+        ((0, 0), ValueError, r"out_indices \(0, 0\) names level 0 twice"),
+        ((1, -4), ValueError, r"out_indices \(1, -4\) names level 1 twice \(as 1 and -4\)"),
+        ((), ValueError, r"out_indices \(\) selects no feature level"),
+        (6, ValueError, r"out_indices=6 asks for the last 6 feature levels; this network has 5: pass 1 to 5"),
+        (0, ValueError, r"out_indices=0 asks for the last 0 feature levels; this network has 5: pass 1 to 5"),
+        (("a",), TypeError, r"out_indices \('a',\) holds 'a', not an integer level; .*0 to 4, or -5 to -1"),
+        ((1.0,), TypeError, r"holds 1.0, not an integer level"),
+        (3.5, TypeError, r"out_indices 3.5 is neither an int .* nor a sequence of levels"),
+        ("01", TypeError, r"out_indices '01' is neither an int"),
+        (True, TypeError, r"out_indices True is neither an int"),
+    ],
+)
+def test_features_only_bad_out_indices_say_what_is_valid(out_indices, error, match, feature_cls):
+    """out_indices=(5,) raised a bare AssertionError (timm's own tf_efficientnet_b0: IndexError), (0, 0) built a
+    backbone whose feature_info lists two maps but returns one, () one that failed in max(). Every wrapper class
+    gets the same message, before any weights are read."""
+    kwargs = {"feature_cls": feature_cls} if feature_cls else {}
+    with pytest.raises(error, match=match):
+        timm.create_model("effnet_v1_b0", features_only=True, out_indices=out_indices, **kwargs)
+
+
+@pytest.mark.parametrize("out_indices", [None, 5, 1, 3, (4,), (-1,), (-5,), (0, 2, 4), [1, 3], (1, 2, 3, 4), (4, 0),
+                                         (-1, 0), (0, -1)])  # fmt: skip
+def test_features_only_valid_out_indices_match_timm(out_indices):
+    """Every valid out_indices gives the maps and feature_info that timm's tf_efficientnet_b0 gives."""
+    kwargs = {} if out_indices is None else {"out_indices": out_indices}
+    ref = timm.create_model("tf_efficientnet_b0", features_only=True, **kwargs).eval()
+    ours = timm.create_model("effnet_v1_b0", features_only=True, **kwargs).eval()
+    x = _x(1, 3, 96, 64)
+    with torch.no_grad():
+        want, got = ref(x), ours(x)
+    assert [tuple(g.shape) for g in got] == [tuple(w.shape) for w in want]
+    assert ours.feature_info.channels() == ref.feature_info.channels()
+    assert ours.feature_info.reduction() == ref.feature_info.reduction()
+
+
+def test_bad_out_indices_are_refused_before_weights_are_fetched():
+    """The check comes before the download (or the cache lookup), not after a model was built and loaded."""
+    with pytest.raises(ValueError, match=r"out_indices \(7,\): there is no feature level 7"):
+        timm.create_model("effnet_v1_b0.aa_in1k", pretrained=True, features_only=True, out_indices=(7,))
+    with pytest.raises(ValueError, match=r"out_indices \(7,\): there is no feature level 7"):
+        timm.create_model("effnet_v1_b0", features_only=True, feature_cfg={"out_indices": (7,)})

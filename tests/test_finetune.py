@@ -302,3 +302,29 @@ def test_a_short_run_is_not_all_warm_up():
 
     assert warmup_steps(FinetuneConfig("d", "m", "o", epochs=1), 100) == 20  # a fifth of the run
     assert warmup_steps(FinetuneConfig("d", "m", "o"), 100) == 100  # 10 epochs: the one epoch asked for
+
+
+def test_a_single_step_run_says_so_in_our_words_only(lite0_dir, data, tmp_path):
+    """timm's CosineLRScheduler logged 'Cosine annealing scheduler will have no effect on the learning rate since
+    t_initial = t_mul = eta_mul = 1.' unprefixed, in its own parameter names, for a run of one step. Every stderr
+    line is ours now, and the one warning says what the run did: one step, at the warm-up's starting rate."""
+    layout = _layout(tmp_path / "d", data, {"a": 4, "b": 4}, {"a": 2, "b": 2})
+    out = tmp_path / "run"
+    args = finetune_args(lite0_dir, layout, out, 1)
+    args[args.index("--warmup-epochs") + 1] = "1"
+    result = run(args)  # a fresh process: logging's last-resort handler writes to its stderr as a user sees it
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    assert lines and all(line.startswith("effnet-zoo: ") for line in lines), result.stderr
+    assert "Cosine annealing" not in result.stderr
+    assert (
+        "effnet-zoo: warning: the run is a single training step (1 epoch of 1 batch), taken at lr 1e-05 (the warm-up's "
+        "start, not --lr 0.001): add epochs or images, or lower --batch-size, for a learning-rate schedule"
+    ) in lines, result.stderr
+
+
+def test_the_card_says_the_base_was_a_local_folder_not_its_path(uninterrupted, lite0_dir):
+    """The card of a run from --model local-dir:DIR recorded DIR, a path of this machine, as the base weights."""
+    card = (uninterrupted / "model" / "README.md").read_text()
+    assert str(lite0_dir) not in card and str(lite0_dir.parent) not in card
+    assert "Base weights: a local model folder (its config.json records architecture `effnet_lite0`)." in card

@@ -144,3 +144,48 @@ def test_a_write_that_fails_midway_leaves_the_previous_folder_intact(tmp_path, f
     else:
         assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == (["model"] if existing else [])  # no temporary left behind
+
+
+def _base_line(card: str) -> str:
+    """The card's sentence on what the weights started from."""
+    return next(line for line in card.splitlines() if line.startswith("Base weights:"))
+
+
+def test_the_card_says_a_local_base_folder_was_local_and_what_its_config_records(tmp_path):
+    """A base loaded from a folder was recorded as its path (`/home/me/runs/base`, a bare folder name on the Hub,
+    a private path): the card now says it was a local folder and what its config.json records about it, escaped."""
+    folder = tmp_path / "private_runs" / "base [x](https://evil)"
+    effnet_zoo.save_pretrained(timm.create_model("effnet_v1_b0", num_classes=3), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["pretrained_cfg"]["tag"] = "aa_in1k`](https://evil) <b>"
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in (f"local-dir:{folder}", str(folder)):
+        from effnet_zoo.tasks.common import load_pretrained
+
+        model = load_pretrained(name, num_classes=2)
+        out = effnet_zoo.save_pretrained(model, tmp_path / "out", training="1 epoch", force=True)
+        card = (out / "README.md").read_text()
+        line = _base_line(card)
+        assert line == (
+            "Base weights: a local model folder (its config.json records architecture "
+            "`effnet_v1_b0`, pretrained tag `aa_in1k'](https://evil) <b>`)."
+        ), line
+        assert str(tmp_path) not in card and "private_runs" not in card and "evil)" not in card.replace(line, "")
+
+
+def test_the_card_names_a_hub_base_and_a_registered_tag(tmp_path):
+    """A Hub repo is linked, a registered tag named with the repo its weights come from."""
+    base = effnet_zoo.save_pretrained(timm.create_model("effnet_v1_b0", num_classes=3), tmp_path / "base")
+    add_hub_repo("acme/effnet-base", {p.name: p.read_bytes() for p in base.iterdir()})
+    hub = timm.create_model("hf-hub:acme/effnet-base", pretrained=True)
+    card = (effnet_zoo.save_pretrained(hub, tmp_path / "from_hub") / "README.md").read_text()
+    assert _base_line(card) == (
+        "Base weights: the Hub repository [acme/effnet-base](https://huggingface.co/acme/effnet-base) "
+        "(its config.json records pretrained tag `ns_jft_in1k`)."
+    )
+    tagged = timm.create_model("effnet_v1_b0.aa_in1k")  # as `finetune --model effnet_v1_b0.aa_in1k` loads it
+    card = (effnet_zoo.save_pretrained(tagged, tmp_path / "from_tag") / "README.md").read_text()
+    assert _base_line(card) == (
+        "Base weights: the pretrained tag `effnet_v1_b0.aa_in1k` (weights: "
+        "[timm/tf\\_efficientnet\\_b0.aa\\_in1k](https://huggingface.co/timm/tf_efficientnet_b0.aa_in1k))."
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -97,6 +98,51 @@ Model arguments: `{json.dumps(config["model_args"])}`.
 
 {_loading(config)}
 """
+
+
+HUB_URL = "https://huggingface.co/"
+# A repo id that is safe in a link's address as it is (huggingface_hub's own rule, without its length limit)
+PLAIN_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def hub_link(hub_id: str) -> str:
+    """A Hub repo (``org/name``, ``org/name@revision``) for a card: a link to its page, or a code span when the id
+    is not a plain one (no address is built from it)."""
+    repo, at, revision = hub_id.partition("@")
+    plain = PLAIN_REPO_ID.fullmatch(repo) and ".." not in repo
+    shown = f"[{markdown_text(repo)}]({HUB_URL}{repo})" if plain else markdown_code(repo)
+    return shown + (f" (revision {markdown_code(revision)})" if at else "")
+
+
+def base_weights(cfg: dict[str, Any]) -> str:
+    """What a card says a model's weights started from, read from its ``pretrained_cfg``.
+
+    A registered tag and a Hub repo are named (a reader can fetch them); a local folder or file is said to be one,
+    with what its config.json recorded, never its path: meaningless on the Hub, and the user's private layout.
+    """
+    tag, hub_id, source = cfg.get("tag"), cfg.get("hf_hub_id"), cfg.get("source")
+    if source == "hf-hub" and hub_id:
+        recorded = f" (its config.json records pretrained tag {markdown_code(str(tag))})" if tag else ""
+        return f"the Hub repository {hub_link(str(hub_id))}{recorded}"
+    if source == "local-dir":
+        return f"a local model folder{recorded_in_config(cfg)}"
+    if cfg.get("file") and not hub_id:
+        return f"a local weights file{recorded_in_config(cfg, 'the model records')}"
+    if hub_id:  # a registered tag: timm's pretrained_cfg for it names the repo its weights come from
+        name = f"{cfg.get('architecture')}.{tag}" if tag else str(cfg.get("architecture"))
+        return f"the pretrained tag {markdown_code(name)} (weights: {hub_link(str(hub_id))})"
+    if cfg.get("url"):
+        return f"the weights at {markdown_code(str(cfg['url']))}"
+    return "randomly initialised weights"
+
+
+def recorded_in_config(cfg: dict[str, Any], who: str = "its config.json records") -> str:
+    """' (its config.json records architecture `a`, pretrained tag `t`)': what is known of local weights."""
+    arch, tag, hub_id = cfg.get("architecture"), cfg.get("tag"), cfg.get("hf_hub_id")
+    recorded = [f"architecture {markdown_code(str(arch))}"] if arch else []
+    recorded += [f"pretrained tag {markdown_code(str(tag))}"] if tag else []
+    recorded += [f"Hub source {hub_link(str(hub_id))}"] if hub_id else []
+    return f" ({who} {', '.join(recorded)})" if recorded else ""
 
 
 OWN = {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME}  # what a model folder of ours holds
@@ -207,11 +253,7 @@ def save_pretrained(
     """
     state, config = in_layout(model, export_config(model, label_names), layout)
     cfg = model.pretrained_cfg
-    base = cfg.get("hf_hub_id") or cfg.get("file") or "randomly initialised weights"
-    tag = f" (`{cfg['architecture']}.{cfg['tag']}`)" if cfg.get("tag") else ""
-    origin = f"Base weights: {markdown_code(base)}{tag}." + (
-        f"\n\nFine-tuning: {markdown_text(training)}" if training else ""
-    )
+    origin = f"Base weights: {base_weights(cfg)}." + (f"\n\nFine-tuning: {markdown_text(training)}" if training else "")
     card = model_card(config, f"{cfg['architecture']} fine-tuned", origin)
     return write_model_folder(out, state, config, card, dtype, force)
 
@@ -299,7 +341,8 @@ def _timm_layout_copy(folder: Path, out: Path) -> Path:
         return folder
     model = timm.create_model(f"local-dir:{folder}", pretrained=True)
     state, config = in_layout(model, export_config(model), "timm")
-    origin = f"Converted to timm's layout by effnet_zoo from the effnet_zoo model folder {markdown_code(folder.name)}."
+    recorded = recorded_in_config(model.pretrained_cfg)
+    origin = f"Converted to timm's layout by effnet_zoo from an effnet_zoo model folder{recorded}."
     card = model_card(config, f"{config['architecture']} (timm layout)", origin)
     return write_model_folder(out, state, config, card)
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -278,6 +280,38 @@ def warmup_steps(cfg: FinetuneConfig, steps_per_epoch: int) -> int:
     return math.ceil(min(cfg.warmup_epochs, MAX_WARMUP_SHARE * cfg.epochs) * steps_per_epoch)
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Drop what logger ``name`` logs inside the block.
+
+    With no logging configured, Python's last-resort handler printed timm's messages to stderr as they were,
+    without the ``effnet-zoo:`` prefix and in timm's parameter names; what they say is told in ours instead.
+    """
+    logger = logging.getLogger(name)
+
+    def drop(record: logging.LogRecord) -> bool:
+        return False
+
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def _warn_single_step(cfg: FinetuneConfig, first_lr: float) -> None:
+    """Say that a run of one optimizer step has no learning-rate schedule, and the rate its one step takes.
+
+    timm's scheduler said it as 'no effect ... since t_initial = t_mul = eta_mul = 1', while with warm-up the
+    step is taken at a hundredth of --lr."""
+    at = f"lr {first_lr:.3g}" + (f" (the warm-up's start, not --lr {cfg.lr:g})" if first_lr != cfg.lr else "")
+    warnings.warn(
+        f"the run is a single training step (1 epoch of 1 batch), taken at {at}: add epochs or images, or lower "
+        "--batch-size, for a learning-rate schedule",
+        stacklevel=3,
+    )
+
+
 def evaluate(model: nn.Module, loader, device: torch.device, amp: bool) -> dict[str, float]:
     model.eval()
     correct = seen = 0
@@ -446,10 +480,13 @@ def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
     optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum)  # fmt: skip
     steps = len(train_loader)
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=cfg.epochs * steps, lr_min=cfg.min_lr, warmup_t=warmup_steps(cfg, steps),
-        warmup_lr_init=cfg.lr * 0.01, warmup_prefix=True, t_in_epochs=False,
-    )  # fmt: skip
+    with _quiet_logger(CosineLRScheduler.__module__):  # its one message, for a one-step run, is said below instead
+        scheduler = CosineLRScheduler(
+            optimizer, t_initial=cfg.epochs * steps, lr_min=cfg.min_lr, warmup_t=warmup_steps(cfg, steps),
+            warmup_lr_init=cfg.lr * 0.01, warmup_prefix=True, t_in_epochs=False,
+        )  # fmt: skip
+    if cfg.epochs * steps == 1 and env.main and not cfg.resume:
+        _warn_single_step(cfg, optimizer.param_groups[0]["lr"])
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.model_ema else None
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
