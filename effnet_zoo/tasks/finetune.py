@@ -40,7 +40,8 @@ from ..hub.config import check_layout, model_args_of
 from ..weights.common import ConversionError, WeightsBudget, check_fits, require_regular_file, special_file
 from ..weights.torch_file import REDO, check_weights_file, torch_load_error
 from ..zoo import paper_regularization
-from .common import architecture_of, autocast, count, image_folder, load_pretrained, resolve_device
+from .common import architecture_of, autocast, count, image_folder, load_pretrained
+from .distributed import Dist
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -76,37 +77,6 @@ class FinetuneConfig:
     force: bool = False
     progress: bool = True
     layout: str = "effnet_zoo"  # of the saved model folder: "timm" for timm's own tf_efficientnet_* layout
-
-
-class _Dist:
-    """torchrun's environment, or a single process."""
-
-    def __init__(self, device: str | None) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.enabled = self.world > 1
-        if self.enabled:
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
-            self.device = torch.device("cuda", local) if cuda else torch.device("cpu")
-            if cuda:
-                torch.cuda.set_device(self.device)
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if cuda else "gloo")
-            self.rank = dist.get_rank()
-        else:
-            self.device, self.rank = resolve_device(device), 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _dataset(root: Path, split: str, classes: list[str] | None = None):
@@ -417,7 +387,7 @@ def _remove_leftovers(out: Path) -> list[str]:
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
-    env = _Dist(cfg.device)
+    env = Dist(cfg.device)
     try:
         model_dir = cfg.model.removeprefix("local-dir:")
         inputs = [Path(cfg.data)] + ([Path(model_dir)] if os.path.isdir(model_dir) else [])
@@ -428,7 +398,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         env.close()
 
 
-def _run(cfg: FinetuneConfig, env: _Dist) -> dict:
+def _run(cfg: FinetuneConfig, env: Dist) -> dict:
     out, data = Path(cfg.out), Path(cfg.data)
     _check_run_dir(out, cfg.resume, cfg.force)
     env.barrier()
