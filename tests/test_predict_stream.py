@@ -252,3 +252,22 @@ def test_force_replaces_any_models_results_and_resume_handles_a_bare_header(lite
     refused = cli("predict", photos, "--model", model, "--out", table, "--force")
     assert refused.returncode == 2 and "does not start with predict's CSV header" in refused.stderr
     assert table.read_text() == "my,own,table\n"
+
+
+def test_nodes_that_see_different_files_stop_before_any_work(lite0_dir, tmp_path):
+    """Two nodes whose `photos/` differ (a copy still in progress) would split two listings: some images twice,
+    others never. Every rank refuses, naming the counts; nothing is written."""
+    where = [tmp_path / "node0", tmp_path / "node1"]
+    _photos(where[0] / "photos", 5)
+    _photos(where[1] / "photos", 6)
+    port = _free_port()
+    launch = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+              "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", f"t{port}"]  # fmt: skip
+    args = ["predict", "photos", "--model", f"local-dir:{lite0_dir}", "--out", "labels.jsonl"]
+    procs = [_torchrun([*launch, "--node_rank", str(n)], args, where[n]) for n in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode != 0 for p in procs)
+    assert any("the ranks do not see the same image files (rank 0: 5 files, rank 1: 6)" in err for _, err in outs), (
+        outs[0][1][-2000:]
+    )
+    assert not any(p.name.startswith("labels") for w in where for p in w.iterdir())
