@@ -5,10 +5,8 @@ costs. The ``effnet-zoo`` command (``effnet_zoo_cli``) defers even the registrat
 ``--help`` and argument errors answer without importing torch and timm.
 """
 
-from __future__ import annotations
-
-import importlib
-import sys
+import importlib as _importlib
+import sys as _sys
 
 __version__ = "0.1.0"
 
@@ -34,13 +32,13 @@ __all__ = sorted(_PUBLIC)
 def __getattr__(name: str):  # noqa: ANN202  (any of the public objects)
     if name not in _PUBLIC:
         raise AttributeError(f"module 'effnet_zoo' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    value = getattr(_importlib.import_module(_PUBLIC[name], __name__), name)
     globals()[name] = value  # looked up once
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_PUBLIC})
+    return sorted({*(n for n in globals() if not n.startswith("_")), *_PUBLIC, "__version__"})
 
 
 def register() -> None:
@@ -48,5 +46,5 @@ def register() -> None:
     from . import zoo  # noqa: F401
 
 
-if "effnet_zoo_cli" not in sys.modules:  # imported by a program: register now, as timm users expect
+if "effnet_zoo_cli" not in _sys.modules:  # imported by a program: register now, as timm users expect
     register()

@@ -171,7 +171,7 @@ def _validate(args: argparse.Namespace) -> int:
     from .tasks.validate import format_result, validate
 
     result = validate(args.data, args.model, args.batch_size, args.amp, args.channels_last, args.device,
-                      args.workers, progress=not args.json, on_skip=report_skip)  # fmt: skip
+                      args.workers, progress=args.progress and not args.json, on_skip=report_skip)  # fmt: skip
     if launched_rank() != 0:  # under torchrun every rank has the summed result; rank 0 prints it
         return 0
     _say(json.dumps(result.to_json(), indent=2) if args.json else format_result(result), block=args.json)
@@ -226,6 +226,7 @@ POSITIVE_INT = _checked(int, "a positive integer", lambda v: v > 0)
 COUNT = _checked(int, "an integer >= 0", lambda v: v >= 0)
 POSITIVE = _checked(float, "a number > 0", lambda v: v > 0)
 NON_NEGATIVE = _checked(float, "a number >= 0", lambda v: v >= 0)
+FINITE = _checked(float, "a number", lambda v: True)  # nan and inf are refused by _checked
 FRACTION = _checked(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 IMG_SIZE = _checked(int, f"an integer from 32 to {MAX_INPUT_SIDE}", lambda v: 32 <= v <= MAX_INPUT_SIDE)
 
@@ -271,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=subcommand)
     p = sub.add_parser("summary", help="print a model's compound-scaled design (offline)")
     p.add_argument("model", nargs="?", default="effnet_v1_b0", help="e.g. effnet_v1_b3, effnet_v1_b3.aa_in1k or b3")
-    p.add_argument("--phi", type=float, help="a custom compound coefficient instead of a named variant, e.g. 2.5")
+    p.add_argument("--phi", type=FINITE, help="a custom compound coefficient instead of a named variant, e.g. 2.5")
     p.add_argument("--img-size", type=POSITIVE_INT, help="input resolution (default: the variant's)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_summary)
@@ -334,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--workers", type=COUNT, default=2, help="data loader processes")
     p.add_argument("--json", action="store_true", help="machine-readable output (no progress bar)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("finetune", help="fine-tune on DIR/train, DIR/val; runs unchanged under torchrun")

@@ -76,6 +76,12 @@ def check_out_indices(out_indices: Any, levels: int) -> None:
         if not -levels <= level < levels:
             raise ValueError(f"out_indices {shown}: there is no feature level {level}; {valid}")
         absolute = level % levels
+        if seen and absolute < max(v % levels for v in seen.values()):
+            raise ValueError(
+                f"out_indices {shown} is not in network order: the maps come out shallow to deep, and feature_info "
+                f"would list them in the order given, so a neck sized by channels() breaks; give "
+                f"{tuple(sorted(int(i) % levels for i in out_indices))}"
+            )
         if absolute in seen:
             also = f" (as {seen[absolute]} and {level})" if seen[absolute] != level else ""
             raise ValueError(

@@ -256,6 +256,10 @@ def test_extra_blocks_index_every_stage_like_timm():
         (3.5, TypeError, r"out_indices 3.5 is neither an int .* nor a sequence of levels"),
         ("01", TypeError, r"out_indices '01' is neither an int"),
         (True, TypeError, r"out_indices True is neither an int"),
+        # out of order: the maps come shallow to deep while feature_info listed them as given (FPN crashed)
+        ((4, 0), ValueError, r"out_indices \(4, 0\) is not in network order: .*give \(0, 4\)"),
+        ((-1, 0), ValueError, r"is not in network order"),
+        ((3, 1), ValueError, r"give \(1, 3\)"),
     ],
 )
 def test_features_only_bad_out_indices_say_what_is_valid(out_indices, error, match, feature_cls):
@@ -267,8 +271,8 @@ def test_features_only_bad_out_indices_say_what_is_valid(out_indices, error, mat
         timm.create_model("effnet_v1_b0", features_only=True, out_indices=out_indices, **kwargs)
 
 
-@pytest.mark.parametrize("out_indices", [None, 5, 1, 3, (4,), (-1,), (-5,), (0, 2, 4), [1, 3], (1, 2, 3, 4), (4, 0),
-                                         (-1, 0), (0, -1)])  # fmt: skip
+@pytest.mark.parametrize("out_indices", [None, 5, 1, 3, (4,), (-1,), (-5,), (0, 2, 4), [1, 3], (1, 2, 3, 4), (0, -1),
+                                         (2, -1)])  # fmt: skip
 def test_features_only_valid_out_indices_match_timm(out_indices):
     """Every valid out_indices gives the maps and feature_info that timm's tf_efficientnet_b0 gives."""
     kwargs = {} if out_indices is None else {"out_indices": out_indices}

@@ -129,6 +129,7 @@ HEAVY = ("torch", "timm", "numpy", "PIL", "huggingface_hub", "safetensors")
         ["predict", "--topk", "0", "x.jpg"],  # an argument error
         ["convert", "x", "--from", "caffe", "--model", "b0", "--out", "y"],  # a choice error
         ["nonsense"],
+        ["summary", "--phi", "nan"],  # took 6 s to say so from inside the library
     ],
     ids=lambda a: " ".join(a),
 )

@@ -328,3 +328,21 @@ def test_the_card_says_the_base_was_a_local_folder_not_its_path(uninterrupted, l
     card = (uninterrupted / "model" / "README.md").read_text()
     assert str(lite0_dir) not in card and str(lite0_dir.parent) not in card
     assert "Base weights: a local model folder (its config.json records architecture `effnet_lite0`)." in card
+
+
+@pytest.mark.parametrize("epochs, steps", [(1, 1), (1, 2), (1, 8), (2, 4), (10, 3), (3, 50)])
+def test_the_schedule_warms_up_at_most_a_fifth_and_ends_at_min_lr(epochs, steps):
+    """A 2-update run spent half of it warming up and an 8-update run a quarter; the cosine spanned the whole run
+    after the warm-up, so it ended above --min-lr (2.6e-5 instead of 1e-6 for the defaults)."""
+    from effnet_zoo.tasks.finetune import FinetuneConfig, make_scheduler
+
+    cfg = FinetuneConfig(data="d", model="m", out="o", epochs=epochs, lr=1e-3, min_lr=1e-6, warmup_epochs=1.0)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    used = []
+    for update in range(1, epochs * steps + 1):
+        used.append(optimizer.param_groups[0]["lr"])
+        scheduler.step_update(update)
+    assert sum(lr < used[i + 1] for i, lr in enumerate(used[:-1])) <= len(used) / 5  # rising steps: the warm-up
+    assert max(used) == pytest.approx(cfg.lr)  # the run reaches --lr
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.min_lr, rel=1e-9)  # after the last update

@@ -136,6 +136,36 @@ def test_validate_explains_unmatched_folders(lite0_dir, tmp_path):
     assert out.returncode == 2 and "do not name the model's classes" in out.stderr
 
 
+def test_validate_never_scores_a_named_folder_against_another_class(tmp_path):
+    """Folders 'coffee' and 'zebra' for a model of ('cat', 'coffee') were taken in sorted order: 'coffee' was
+    scored as 'cat', silently. Some named and some not is refused; none named is taken in order, with a warning."""
+    from effnet_zoo import save_pretrained
+
+    torch.manual_seed(0)
+    model = save_pretrained(
+        timm.create_model("effnet_lite0", num_classes=2), tmp_path / "m", label_names=["cat", "coffee"]
+    )
+    photos = [skimage_data.chelsea(), skimage_data.coffee()]
+    mixed = _image_folder(tmp_path / "mixed", {"coffee": photos[1:], "zebra": photos[:1]})
+    out = cli("validate", "--data", mixed, "--model", f"local-dir:{model}", "--workers", "0")
+    assert out.returncode == 2, out.stderr
+    assert "1 of the 2 class folders do not name a class of the model ('zebra') while 'coffee' do" in out.stderr
+    unnamed = _image_folder(tmp_path / "unnamed", {"dog": photos[:1], "fish": photos[1:]})
+    with pytest.warns(UserWarning, match=r"the 2 folders are taken in sorted order as its outputs \('dog' as 'cat', "
+                      r"'fish' as 'coffee'\)"):  # fmt: skip
+        out = cli("validate", "--data", unnamed, "--model", f"local-dir:{model}", "--workers", "0", "--json")
+    assert out.returncode == 0, out.stderr
+
+
+def test_export_suggests_force_only_where_it_would_replace(lite0_dir, tmp_path):
+    """`export --out notes.onnx` over a user's file said 'pass --force', and --force then refused."""
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("mine")
+    out = cli("export", "--model", f"local-dir:{lite0_dir}", "--format", "onnx", "--out", notes)
+    assert out.returncode == 2 and "is not a file that effnet-zoo export wrote" in out.stderr
+    assert "--force" not in out.stderr.replace("--force replaces", "") and notes.read_text() == "mine"
+
+
 def tf_port_with(folder, arch: str) -> torch.nn.Module:
     """timm's TF port (an independent implementation) carrying a model folder's weights."""
     from safetensors.torch import load_file

@@ -247,7 +247,19 @@ MAX_WARMUP_SHARE = 0.2
 
 def warmup_steps(cfg: FinetuneConfig, steps_per_epoch: int) -> int:
     """The scheduler's warm-up steps: --warmup-epochs, but at most a fifth of the run."""
-    return math.ceil(min(cfg.warmup_epochs, MAX_WARMUP_SHARE * cfg.epochs) * steps_per_epoch)
+    return math.floor(min(cfg.warmup_epochs, MAX_WARMUP_SHARE * cfg.epochs) * steps_per_epoch)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: FinetuneConfig, steps_per_epoch: int) -> CosineLRScheduler:
+    """timm's cosine schedule, stepped every update: a linear warm-up from lr / 100 (:func:`warmup_steps`), then
+    a cosine from --lr that reaches --min-lr at the run's last update (the cosine spanned the whole run after the
+    warm-up, so it ended above --min-lr)."""
+    warmup = warmup_steps(cfg, steps_per_epoch)
+    with _quiet_logger(CosineLRScheduler.__module__):  # its one message, for a one-step run, is said below instead
+        return CosineLRScheduler(
+            optimizer, t_initial=cfg.epochs * steps_per_epoch - warmup, lr_min=cfg.min_lr, warmup_t=warmup,
+            warmup_lr_init=cfg.lr * 0.01, warmup_prefix=True, t_in_epochs=False,
+        )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -450,11 +462,7 @@ def _run(cfg: FinetuneConfig, env: Dist) -> dict:
     optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum)  # fmt: skip
     steps = len(train_loader)
-    with _quiet_logger(CosineLRScheduler.__module__):  # its one message, for a one-step run, is said below instead
-        scheduler = CosineLRScheduler(
-            optimizer, t_initial=cfg.epochs * steps, lr_min=cfg.min_lr, warmup_t=warmup_steps(cfg, steps),
-            warmup_lr_init=cfg.lr * 0.01, warmup_prefix=True, t_in_epochs=False,
-        )  # fmt: skip
+    scheduler = make_scheduler(optimizer, cfg, steps)
     if cfg.epochs * steps == 1 and env.main and not cfg.resume:
         _warn_single_step(cfg, optimizer.param_groups[0]["lr"])
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.model_ema else None
@@ -509,6 +517,7 @@ def _run(cfg: FinetuneConfig, env: Dist) -> dict:
                 loss = criterion(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            step_lr = optimizer.param_groups[0]["lr"]  # the rate this step runs at (the bar showed the next one)
             optimizer.step()
             updates += 1
             scheduler.step_update(updates)
@@ -520,7 +529,7 @@ def _run(cfg: FinetuneConfig, env: Dist) -> dict:
             # loss.item() above waits for the step, so the rate is real on CUDA too; all processes together
             rate = seen * env.world / (time.perf_counter() - started)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100.0 * correct / seen:.1f}%",
-                            lr=f"{optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.1f}")  # fmt: skip
+                            lr=f"{step_lr:.2e}", img_s=f"{rate:.1f}")  # fmt: skip
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": 100.0 * correct / seen,
                    "train_img_per_s": round(seen * env.world / (time.perf_counter() - started), 2)}  # fmt: skip
         if env.main:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,20 +38,39 @@ def folder_class_map(folder_classes: list[str], model: torch.nn.Module) -> list[
     """For each folder class (sorted as the dataset indexes them), the model output that means it.
 
     Folders named like the model's classes (ImageNet synsets for ImageNet models, or the labels a fine-tuned
-    model was saved with) are matched by name, so a subset of ImageNet's classes works; otherwise the folders
-    must be exactly as many as the model's classes and are taken in sorted order.
+    model was saved with) are matched by name, so a subset of ImageNet's classes works. When no folder names one
+    of its classes, folders exactly as many as the model's outputs are taken in sorted order, with a warning
+    that says so; some folders named and others not is refused (taking them in order scored a folder named after
+    one class against another).
     """
     ids = class_ids(model)
-    if ids is not None and all(c in ids for c in folder_classes):
+    named = [c for c in folder_classes if ids is not None and c in ids]
+    if ids is not None and len(named) == len(folder_classes):
         index = {c: i for i, c in enumerate(ids)}
         return [index[c] for c in folder_classes]
+    unnamed = [c for c in folder_classes if c not in named]
+    if named:
+        raise ValueError(
+            f"{len(unnamed)} of the {len(folder_classes)} class folders do not name a class of the model "
+            f"({', '.join(map(repr, unnamed[:5]))}{', ...' if len(unnamed) > 5 else ''}) while "
+            f"{', '.join(map(repr, named[:3]))}{' ...' if len(named) > 3 else ''} do: rename or remove them, so "
+            "that every folder is scored against the class it names"
+        )
     if len(folder_classes) == model.num_classes:
+        if ids is not None:
+            shown = ", ".join(f"{c!r} as {ids[i]!r}" for i, c in enumerate(folder_classes[:3]))
+            warnings.warn(
+                f"no class folder is named after one of the model's classes; the {len(folder_classes)} folders are "
+                f"taken in sorted order as its outputs ({shown}{', ...' if len(folder_classes) > 3 else ''})",
+                stacklevel=2,
+            )
         return list(range(model.num_classes))
     known = f" (first model classes: {ids[:3]})" if ids else ""
     raise ValueError(
-        f"the folder has {len(folder_classes)} class folders ({folder_classes[:3]}...) that do not name the model's "
-        f"classes{known}, and the model has {model.num_classes} outputs; name the folders after the model's classes "
-        "(e.g. ImageNet synsets like n01440764) or use a model fine-tuned on these classes"
+        f"the folder has {len(folder_classes)} class folders ({', '.join(map(repr, folder_classes[:3]))}"
+        f"{', ...' if len(folder_classes) > 3 else ''}) that do not name the model's classes{known}, and the model "
+        f"has {model.num_classes} outputs; name the folders after the model's classes (e.g. ImageNet synsets like "
+        "n01440764) or use a model fine-tuned on these classes"
     )
 
 
@@ -109,7 +129,7 @@ def _validate(
                 if reason:
                     path = Path(files.reader.filename(index, absolute=True))
                     skipped.append((str(path), reason))
-                    if on_skip:
+                    if on_skip and env.main:  # another rank's line would land on rank 0's bar: reported below
                         on_skip(path, ValueError(reason))
             readable = torch.tensor([not r for r in reasons])
             if not readable.any():
@@ -131,7 +151,11 @@ def _validate(
     elapsed = time.perf_counter() - start
     correct1, correct5, seen, loss_sum = env.sum([correct1, correct5, seen, loss_sum])
     elapsed = max(env.gather(elapsed) or [elapsed])  # rank 0: the slowest rank's time
-    skipped = [s for part in env.gather(skipped) or [skipped] for s in part]
+    parts = env.gather(skipped) or [skipped]
+    if on_skip and env.main:
+        for path, reason in (s for part in parts[1:] for s in part):
+            on_skip(Path(path), ValueError(reason))
+    skipped = [s for part in parts for s in part]
     if seen == 0:
         raise ValueError(f"none of the {len(files)} files under {data!r} is a readable image")
     return ValidateResult(
