@@ -115,7 +115,7 @@ def test_a_killed_run_keeps_its_results_and_resume_finishes_it(lite0_dir, tmp_pa
     with open(partial, "a") as f:
         f.write('{"path": "torn by the kil')  # a record the kill cut in half
     refused = cli(*args)
-    assert refused.returncode == 2 and "holds an interrupted run's results: --resume" in refused.stderr
+    assert refused.returncode == 2 and "exists (left by an interrupted run): --resume continues" in refused.stderr
     resumed = cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert f"120 images -> {out}: {120 - kept} classified, 0 skipped, {kept} there before" in resumed.stderr
@@ -236,7 +236,7 @@ def test_force_replaces_any_models_results_and_resume_handles_a_bare_header(lite
     again = cli("predict", photos, "--model", model, "--topk", "3", "--out", table, "--force")
     assert again.returncode == 0, again.stderr
     header = table.read_text().splitlines()[0]
-    assert header.endswith("top3_probability,skipped") and table.read_text().count(header) == 1
+    assert header.endswith('"top3_probability","skipped"') and table.read_text().count(header) == 1
     complete = table.read_text()
     # killed right after the header: the resumed file has it once, then every image
     partial = tmp_path / "r.csv.partial"
@@ -271,3 +271,79 @@ def test_nodes_that_see_different_files_stop_before_any_work(lite0_dir, tmp_path
         outs[0][1][-2000:]
     )
     assert not any(p.name.startswith("labels") for w in where for p in w.iterdir())
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_one_line_of_the_users_text_is_not_taken_for_a_torn_record(lite0_dir, photos, tmp_path, fmt):
+    """A file holding one line without a newline looked like a run killed mid-record: --force and --resume
+    replaced the user's notes."""
+    for flag, name in (("--force", f"notes.{fmt}"), ("--resume", f"notes.{fmt}"), ("--resume", f"n.{fmt}.partial")):
+        target = tmp_path / name
+        target.write_text("my precious notes, no newline")
+        out = tmp_path / name.removesuffix(".partial")
+        done = cli("predict", photos, "--model", f"local-dir:{lite0_dir}", "--out", out, flag)
+        assert done.returncode == 2 and "is not one predict writes" in done.stderr, done.stderr
+        assert target.read_text() == "my precious notes, no newline"
+        target.unlink()
+
+
+def _names(path: Path, fmt: str) -> list[bytes]:
+    """The file names a results file records, as bytes, sorted; every CSV row as wide as the header."""
+    if fmt == "csv":
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            rows = list(csv.reader(f))
+        assert {len(r) for r in rows} == {len(rows[0])}
+        paths = [r[0] for r in rows[1:]]
+    else:
+        paths = [r["path"] for r in _jsonl(path)]
+    return sorted(os.fsencode(p.rsplit("/", 1)[-1]) for p in paths)
+
+
+def test_any_file_name_round_trips_through_csv_and_jsonl_and_resume(lite0_dir, tmp_path):
+    """A bare CR split a CSV row (and resuming it ended in a traceback); a name that is not UTF-8 stopped the
+    CSV outright; the same folder spelled another way (absolute, ./) was classified a second time on resume."""
+    folder = _photos(tmp_path / "names", 5)
+    names = [b"cr\rret.jpg", b"new\nline.jpg", b'comma, "quoted".jpg', b"bad\xff\xfeutf8.jpg", b"=cmd|calc.jpg"]
+    for i, raw in enumerate(names):
+        os.rename(bytes(folder / f"img{i:04d}.jpg"), os.path.join(bytes(folder), raw))
+    listed = sorted(os.listdir(bytes(folder)))
+    assert len(listed) == 5
+    model = f"local-dir:{lite0_dir}"
+    for fmt in ("csv", "jsonl"):
+        whole = tmp_path / f"whole.{fmt}"
+        assert cli("predict", folder, "--model", model, "--out", whole, "--batch-size", "2").returncode == 0
+        assert _names(whole, fmt) == listed
+        # resume from two records, with the folder spelled absolute: the other three are added, none twice
+        lines = whole.read_bytes().split(b"\n")  # the first records are on single lines (sorted names)
+        keep = 3 if fmt == "csv" else 2  # the CSV's header and two rows
+        partial = tmp_path / f"r.{fmt}.partial"
+        partial.write_bytes(b"\n".join(lines[:keep]) + b"\n")
+        resumed = cli(
+            "predict", str(folder.resolve()) + "/", "--model", model, "--out", tmp_path / f"r.{fmt}", "--resume"
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        assert "3 classified, 0 skipped, 2 there before" in resumed.stderr
+        assert _names(tmp_path / f"r.{fmt}", fmt) == listed  # each image once
+
+
+def test_a_resume_from_another_working_directory_is_refused_not_doubled(lite0_dir, photos, tmp_path, monkeypatch):
+    """Records say 'p/img0000.jpg' (relative to where the run started); resumed one folder up as 'PARENT/p',
+    every image was classified again and the file held each twice."""
+    out = tmp_path / "r.jsonl"
+    monkeypatch.chdir(photos.parent)
+    assert cli("predict", photos.name, "--model", f"local-dir:{lite0_dir}", "--out", out).returncode == 0
+    monkeypatch.chdir(photos.parent.parent)
+    before = out.read_bytes()
+    done = cli("predict", f"{photos.parent.name}/{photos.name}", "--model", f"local-dir:{lite0_dir}", "--out", out,
+               "--resume")  # fmt: skip
+    assert done.returncode == 2 and "none of the 22 records in" in done.stderr, done.stderr
+    assert "resume from the same working directory" in done.stderr
+    assert out.read_bytes() == before and not (tmp_path / "r.jsonl.partial").exists()
+
+
+def test_out_is_refused_before_the_model_loads(photos, tmp_path):
+    """An --out that is refused anyway was only refused after the model loaded (a Hub model downloads first)."""
+    out = tmp_path / "r.jsonl"
+    out.write_text("")
+    done = cli("predict", photos, "--model", "hf-hub:nobody/no-such-model", "--out", out)
+    assert done.returncode == 2 and f"{out} exists: --resume continues the results in it" in done.stderr

@@ -221,6 +221,33 @@ def _record_json(r: Prediction | Skipped, model_name: str) -> dict:
 MAX_RECORD_BYTES = 16 * 2**20
 
 
+def partial_of(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def check_out_path(out: Path, resume: bool, force: bool) -> Path | None:
+    """What can be said of ``--out`` before the model loads: a path predict may write, and whether it must be
+    resumed or forced. Returns the file a resumed run continues (``FILE.partial``, else ``FILE``), or None."""
+    partial = partial_of(out)
+    for path in (out, partial):
+        check_replaceable_file(path)
+        if path.is_symlink():
+            raise FileExistsError(f"{path} is a link; --out writes a file of its own: choose another path")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: the folder {out.parent} does not exist")
+    source = partial if partial.exists() else out if out.exists() else None
+    if source is not None and not resume and not force:
+        what = " (left by an interrupted run)" if source == partial else ""
+        raise FileExistsError(f"{source} exists{what}: --resume continues the results in it, --force starts over")
+    return source
+
+
+def image_key(path: str) -> str:
+    """One spelling of an image's path (absolute, normalised): a resumed run lists 'photos/a.jpg' where the
+    records say '/data/photos/a.jpg' or './photos/a.jpg', and must know them for the same image."""
+    return os.path.normpath(os.path.abspath(path))
+
+
 class ResultsFile:
     """``--out FILE``: one record per image (JSON Lines or CSV), appended to ``FILE.partial`` as each batch
     finishes and flushed, so a killed run keeps every finished batch; renamed to ``FILE`` when the run ends.
@@ -233,28 +260,19 @@ class ResultsFile:
 
     def __init__(self, out: Path, fmt: str, model_name: str, k: int, resume: bool, force: bool) -> None:
         self.out, self.fmt, self.model_name, self.k = out, fmt, model_name, k
-        self.partial = out.with_name(out.name + ".partial")
-        self.done: set[str] = set()
-        for path in (out, self.partial):
-            check_replaceable_file(path)
-            if path.is_symlink():
-                raise FileExistsError(f"{path} is a link; --out writes a file of its own: choose another path")
-        if not out.parent.is_dir():
-            raise FileNotFoundError(f"--out {out}: the folder {out.parent} does not exist")
-        source = self.partial if self.partial.exists() else out if out.exists() else None
+        self.partial = partial_of(out)
+        self.done: set[str] = set()  # the images of the records kept, as absolute paths (see :func:`image_key`)
+        source = check_out_path(out, resume, force)
         if source is not None and not resume:
-            if not force:
-                what = "an interrupted run's results" if source == self.partial else "results"
-                raise FileExistsError(
-                    f"{source} holds {what}: --resume classifies only the images it lacks, --force starts over"
-                )
             for existing in (self.partial, out):  # --force replaces predict's own results only, of any model
                 if existing.exists():
                     self._read(existing, first_only=True)
             source = None
         end = 0
+        self.copied = False  # FILE.partial made here from a finished FILE
         if source is not None:
             end = self._read(source)
+            self.copied = source == out
             if source == out:  # a finished file gains the images added since; it stays whole until the rename
                 with open(out, "rb") as src, open(self.partial, "wb") as dst:
                     _copy(src, dst, end)
@@ -262,8 +280,10 @@ class ResultsFile:
                 os.truncate(self.partial, end)  # a record torn by the kill is cut off
         self.kept = len(self.done)
         fresh = end == 0  # nothing kept, not even a CSV header
-        self.file = open(self.partial, "w" if fresh else "a", encoding="utf-8", newline="")
-        self.writer = csv.writer(self.file, lineterminator="\n") if fmt == "csv" else None
+        # surrogateescape: a file name that is not UTF-8 is written as its own bytes, and read back the same way
+        self.file = open(self.partial, "w" if fresh else "a", encoding="utf-8", errors="surrogateescape", newline="")
+        # every field quoted: a bare CR in a file name split the row for every CSV reader
+        self.writer = csv.writer(self.file, lineterminator="\n", quoting=csv.QUOTE_ALL) if fmt == "csv" else None
         if fresh and self.writer:
             self.writer.writerow(_csv_header(k))
             self.file.flush()
@@ -284,7 +304,7 @@ class ResultsFile:
                     raise ValueError(f"{path} record {number}: {problem}")
                 if first_only:
                     break
-                self.done.add(record["path"])
+                self.done.add(image_key(record["path"]))
         return end
 
     def _problem(self, record: dict, same_run: bool) -> str | None:
@@ -327,6 +347,12 @@ class ResultsFile:
         if not self.file.closed:
             self.file.close()
 
+    def discard(self) -> None:
+        """Nothing was written: leave the files as they were found."""
+        self.close()
+        if self.copied:
+            self.partial.unlink()
+
 
 def _copy(src: io.BufferedReader, dst: io.BufferedWriter, size: int) -> None:
     while size > 0:
@@ -337,22 +363,31 @@ def _copy(src: io.BufferedReader, dst: io.BufferedWriter, size: int) -> None:
         size -= len(chunk)
 
 
-def _lines(f: io.BufferedReader, path: Path) -> Iterator[tuple[str, int]]:
-    """Each whole line of ``f`` (ending in a newline) with the byte offset after it; a last line without its
-    newline is a record torn by a kill, left out. Lines are read up to :data:`MAX_RECORD_BYTES`."""
+# How every line predict writes begins: a JSON record, or a quoted CSV field
+LINE_STARTS = {"jsonl": b'{"path": ', "csv": b'"'}
+
+
+def _lines(f: io.BufferedReader, path: Path, fmt: str) -> Iterator[tuple[str, int]]:
+    """Each whole line of ``f`` (ending in a newline) with the byte offset after it. A last line without its
+    newline is a record torn by a kill, left out, if it begins as predict's lines do; otherwise the file is not
+    one predict wrote (a one-line note without a newline was taken for a torn record and replaced). Lines are
+    read up to :data:`MAX_RECORD_BYTES`."""
     offset = 0
+    start = LINE_STARTS[fmt]
     while line := f.readline(MAX_RECORD_BYTES + 1):
         if len(line) > MAX_RECORD_BYTES:
             raise ValueError(f"{path} has a line of over {MAX_RECORD_BYTES:,} bytes: not a file predict wrote")
         if not line.endswith(b"\n"):
+            if not (line.startswith(start) or start.startswith(line)):
+                raise ValueError(f"{path} ends in a line that is not one predict writes: --out must name its results")
             return
         offset += len(line)
-        yield line.decode("utf-8", "replace"), offset
+        yield line.decode("utf-8", "surrogateescape"), offset
 
 
 def _records(f: io.BufferedReader, fmt: str, path: Path) -> Iterator[tuple[dict | None, int]]:
     """The records of a results file, each with the byte offset after it (a CSV header comes as None)."""
-    lines = _lines(f, path)
+    lines = _lines(f, path, fmt)
     if fmt == "jsonl":
         for line, offset in lines:
             try:
@@ -367,7 +402,13 @@ def _records(f: io.BufferedReader, fmt: str, path: Path) -> Iterator[tuple[dict 
             ends.append(offset)
             yield line
 
-    rows = csv.reader(text())
+    try:
+        yield from _csv_records(csv.reader(text()), ends, path)
+    except csv.Error as e:  # a bare CR outside quotes, a stray quote: not a CSV predict wrote
+        raise ValueError(f"{path} is not a CSV predict wrote ({e})") from None
+
+
+def _csv_records(rows: Iterator[list[str]], ends: list[int], path: Path) -> Iterator[tuple[dict | None, int]]:
     header = next(rows, None)
     if header is None:
         return
@@ -457,24 +498,28 @@ def _predict_files(
     stdout: io.TextIOBase,
 ) -> PredictSummary | None:  # fmt: skip
     env.check_same_files([str(p) for p in paths], "image files")
+    if out is not None:  # refusals that need no model come before it loads (a Hub model downloads first)
+        _on_rank_0(env, lambda: check_out_path(Path(out), resume, force))
     # the inference copy (BatchNorm folded, static padding): equal to eager up to float rounding, 1.2-2x faster
     # here, and nothing in a command can watch the modules
     model = optimize_for_inference(load_pretrained(model_name).eval()).to(env.device)
     k = min(topk, model.num_classes)
-    writer = None
-    problem = None
-    if env.main:  # only rank 0 touches the output; its refusal stops every rank
-        try:
-            if out is not None:
-                writer = ResultsFile(Path(out), fmt, model_name, k, resume, force)
-            else:
-                writer = _JsonDocument(stdout, model_name) if json_document else _Text(stdout)
-        except (OSError, ValueError) as e:
-            problem = e
-    if (message := env.broadcast(str(problem) if problem else None)) is not None:
-        raise problem if problem else RuntimeError(f"rank 0 stopped: {message}")
+
+    def open_output() -> _Text | ResultsFile:
+        if out is None:
+            return _JsonDocument(stdout, model_name) if json_document else _Text(stdout)
+        results = ResultsFile(Path(out), fmt, model_name, k, resume, force)
+        if results.done and not any(image_key(str(p)) in results.done for p in paths):
+            results.discard()  # resumed from another folder or working directory
+            raise ValueError(
+                f"none of the {len(results.done):,} records in {printable(str(results.partial))} names an image "
+                "this run lists; resume from the same working directory with the same inputs, or use another --out"
+            )
+        return results
+
+    writer = _on_rank_0(env, open_output)  # only rank 0 touches the output; its refusal stops every rank
     done = writer.done if isinstance(writer, ResultsFile) else set()
-    todo_mask = env.broadcast(bytes(str(p) not in done for p in paths) if env.main else None)
+    todo_mask = env.broadcast(bytes(image_key(str(p)) not in done for p in paths) if env.main else None)
     todo = [p for p, keep in zip(paths, todo_mask, strict=True) if keep]
     already = len(paths) - len(todo)
     show = progress if progress is not None else (out is not None or not stdout.isatty()) and sys.stderr.isatty()
@@ -490,8 +535,8 @@ def _predict_files(
                     skipped += 1
                     if on_skip:
                         on_skip(Path(r.path), ValueError(r.reason))
-            classified += len(records)
             writer.write(records)
+            classified += len(records)
             bar.update(len(records))
         if env.main:
             bar.close()
@@ -508,6 +553,19 @@ def _predict_files(
     if not env.main:
         return None
     return PredictSummary(len(paths), classified - skipped, skipped, already, out)
+
+
+def _on_rank_0(env: Dist, action: Callable[[], object]) -> object:
+    """``action()`` on rank 0; its refusal (OSError, ValueError) raised on every rank, so that none waits."""
+    result, problem = None, None
+    if env.main:
+        try:
+            result = action()
+        except (OSError, ValueError) as e:
+            problem = e
+    if (message := env.broadcast(str(problem) if problem else None)) is not None:
+        raise problem if problem else RuntimeError(f"rank 0 stopped: {message}")
+    return result
 
 
 def format_result(result: PredictResult) -> str:
