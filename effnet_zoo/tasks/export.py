@@ -162,12 +162,12 @@ def export(
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
     out_path = Path(out)
+    check_replaceable_export(out_path, fmt)  # an existing file that is not ours is named for what it is
     if out_path.suffix.lower() not in SUFFIXES[fmt]:  # `--format onnx --out x.pt` was written silently
         raise ValueError(
             f"--out {out} does not end in {' / '.join(SUFFIXES[fmt])}, what {fmt} files are named (runtimes and "
             f"viewers go by it); name it {out_path.with_suffix(SUFFIXES[fmt][0]).name}"
         )
-    check_replaceable_export(out_path, fmt)  # first: --force is suggested only where it would replace the file
     if (out_path.exists() or out_path.is_symlink()) and not force:
         raise FileExistsError(f"{out} exists; pass --force to replace it")
     model = load_pretrained(model_name).eval()
