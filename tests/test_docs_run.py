@@ -37,6 +37,12 @@ NOT_RUN = {
     "$(which effnet-zoo) predict /data/photos --model effnet_v1_b0.aa_in1k --out /data/labels.jsonl": "needs two "
     "machines; tests/test_predict_stream.py runs predict and validate as 2 nodes x 1 over the loopback rendezvous",
 }
+NOT_RUN[
+    "torchrun --nproc_per_node 2 $(which effnet-zoo) predict photos/ --model effnet_v1_b0.aa_in1k --out labels-2.jsonl"
+] = (
+    "tests/test_predict_stream.py runs predict and validate under torchrun (2 processes, 2 nodes x 1) against one "
+    "process; starting two more torch processes here cost the suite 20 s"
+)
 # timm's scripts live only in timm's git repository (not in its package): the route itself is tested in
 # tests/test_timm_scripts.py with a script that does what they do with a model
 TIMM_SCRIPTS = "needs timm's scripts from its git repository; the route is tested in tests/test_timm_scripts.py"

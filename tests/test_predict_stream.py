@@ -94,7 +94,7 @@ def test_out_files_hold_one_record_per_image_and_match_the_terminal(lite0_dir, p
 def test_a_killed_run_keeps_its_results_and_resume_finishes_it(lite0_dir, tmp_path):
     """SIGKILL mid-run: the finished batches are in OUT.partial; --resume classifies only the rest, cuts a torn
     record, and the file it ends with equals an uninterrupted run's."""
-    photos = _photos(tmp_path / "many", 120, seed=1)
+    photos = _photos(tmp_path / "many", 64, seed=1)
     model = f"local-dir:{lite0_dir}"
     whole = tmp_path / "whole.jsonl"
     assert cli("predict", photos, "--model", model, "--out", whole, "--workers", "0").returncode == 0
@@ -111,21 +111,21 @@ def test_a_killed_run_keeps_its_results_and_resume_finishes_it(lite0_dir, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     kept = partial.read_text().count("\n")
-    assert 8 <= kept < 120 and not out.exists()
+    assert 8 <= kept < 64 and not out.exists()
     with open(partial, "a") as f:
         f.write('{"path": "torn by the kil')  # a record the kill cut in half
     refused = cli(*args)
     assert refused.returncode == 2 and "exists (left by an interrupted run): --resume continues" in refused.stderr
     resumed = cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"120 images -> {out}: {120 - kept} classified, 0 skipped, {kept} there before" in resumed.stderr
+    assert f"64 images -> {out}: {64 - kept} classified, 0 skipped, {kept} there before" in resumed.stderr
     _same_results(_jsonl(out), _jsonl(whole))
     assert not partial.exists()
-    # a finished file gains the images added since; the 120 already there are not classified again
+    # a finished file gains the images added since; the 64 already there are not classified again
     _photos(tmp_path / "many" / "later", 3, seed=2)
     more = cli(*args, "--resume")
-    assert "123 images -> " in more.stderr and "3 classified, 0 skipped, 120 there before" in more.stderr
-    assert len(_jsonl(out)) == 123
+    assert "67 images -> " in more.stderr and "3 classified, 0 skipped, 64 there before" in more.stderr
+    assert len(_jsonl(out)) == 67
 
 
 @pytest.mark.parametrize(
@@ -195,14 +195,22 @@ def labelled(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_process(lite0_dir, photos, labelled, tmp_path_factory) -> tuple[Path, dict]:
+    """predict's records and validate's report from one process: what the ranks together must give."""
+    single = tmp_path_factory.mktemp("single") / "single.jsonl"
+    model = f"local-dir:{lite0_dir}"
+    assert cli("predict", photos, "--model", model, "--out", single, "--workers", "0").returncode == 0
+    return single, json.loads(cli("validate", "--data", labelled, "--model", model, "--json", "--workers", "0").stdout)
+
+
 @pytest.mark.parametrize("nodes", [1, 2], ids=["2-processes", "2-nodes-x-1"])
-def test_predict_and_validate_under_torchrun_equal_one_process(lite0_dir, photos, labelled, tmp_path, nodes):
+def test_predict_and_validate_under_torchrun_equal_one_process(lite0_dir, photos, labelled, one_process, tmp_path,
+                                                                nodes):  # fmt: skip
     """Every image handled once, one merged output in listing order written by rank 0, metrics summed over the
     ranks: the results of one process. Two nodes are two torchrun agents meeting at a c10d rendezvous."""
     model = f"local-dir:{lite0_dir}"
-    single = tmp_path / "single.jsonl"
-    assert cli("predict", photos, "--model", model, "--out", single, "--workers", "0").returncode == 0
-    alone = json.loads(cli("validate", "--data", labelled, "--model", model, "--json", "--workers", "0").stdout)
+    single, alone = one_process
     out = tmp_path / "ranks.jsonl"
     predict = ["predict", photos, "--model", model, "--out", out, "--batch-size", "4", "--workers", "1"]
     validate = ["validate", "--data", labelled, "--model", model, "--json", "--batch-size", "4", "--workers", "1"]
