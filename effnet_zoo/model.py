@@ -58,9 +58,7 @@ def check_out_indices(out_indices: Any, levels: int) -> None:
                 f"{levels}: pass 1 to {levels}, or a tuple of levels (0 to {levels - 1})"
             )
         return
-    sized = hasattr(out_indices, "__len__") and hasattr(
-        out_indices, "__iter__"
-    )  # a tuple, list, array: not a generator
+    sized = hasattr(out_indices, "__len__") and hasattr(out_indices, "__iter__")  # a tuple, list, array; no generator
     if isinstance(out_indices, (str, bytes, bool)) or not sized:
         raise TypeError(
             f"out_indices {shown} is neither an int (the last N feature levels, 1 to {levels}) nor a sequence of "
@@ -68,7 +66,7 @@ def check_out_indices(out_indices: Any, levels: int) -> None:
         )
     if len(out_indices) == 0:
         raise ValueError(f"out_indices {shown} selects no feature level; {valid} (leave it out for all {levels})")
-    seen: dict[int, Any] = {}
+    seen: dict[int, Any] = {}  # absolute level -> as given
     for given in out_indices:
         if isinstance(given, bool) or not hasattr(given, "__index__"):
             raise TypeError(f"out_indices {shown} holds {given!r}, not an integer level; {valid}")
@@ -76,7 +74,7 @@ def check_out_indices(out_indices: Any, levels: int) -> None:
         if not -levels <= level < levels:
             raise ValueError(f"out_indices {shown}: there is no feature level {level}; {valid}")
         absolute = level % levels
-        if seen and absolute < max(v % levels for v in seen.values()):
+        if seen and absolute < max(seen):
             raise ValueError(
                 f"out_indices {shown} is not in network order: the maps come out shallow to deep, and feature_info "
                 f"would list them in the order given, so a neck sized by channels() breaks; give "

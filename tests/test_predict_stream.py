@@ -355,3 +355,20 @@ def test_out_is_refused_before_the_model_loads(photos, tmp_path):
     out.write_text("")
     done = cli("predict", photos, "--model", "hf-hub:nobody/no-such-model", "--out", out)
     assert done.returncode == 2 and f"{out} exists: --resume continues the results in it" in done.stderr
+
+
+def test_a_programs_own_process_group_survives_a_task(monkeypatch):
+    """validate() / predict_files() called inside a program's own DDP job ended that job's process group on
+    return (the task destroyed whatever group was initialised); a task ends only a group it started."""
+    import torch.distributed as dist
+
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun says; the group above is the program's
+        env = Dist("cpu")
+        assert env.enabled and env.rank == 0 and not env.owned
+        env.close()
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

@@ -59,11 +59,13 @@ def test_predict_real_photos_and_skip_unreadable_files(lite0_dir, photos):
     assert skipped["bomb.png"].startswith("too large to decode safely") and "1600000000 pixels" in skipped["bomb.png"]
     for name, reason in skipped.items():
         assert f"{name}: {reason}" in out.stderr
-    # The same probabilities as timm's own transform + our model, computed here.
+    # The same probabilities as timm's own transform + timm's TF port carrying these weights, computed here
+    # (predict runs the inference copy: equal to float rounding)
     model = timm.create_model(f"local-dir:{lite0_dir}", pretrained=True).eval()
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    reference = tf_port_with(lite0_dir, "tf_efficientnet_lite0")
     with torch.no_grad():
-        probs = model(transform(Image.open(photos / "coffee.jpg").convert("RGB"))[None]).softmax(-1)[0]
+        probs = reference(transform(Image.open(photos / "coffee.jpg").convert("RGB"))[None]).softmax(-1)[0]
     top = by_name["coffee.jpg"][0]
     assert top["index"] == probs.argmax().item() and abs(top["probability"] - probs.max().item()) < 1e-5
 

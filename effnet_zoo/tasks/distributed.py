@@ -27,14 +27,16 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.enabled = self.world > 1
         self.objects = None  # the process group objects go through (None: the default one)
+        self.owned = False  # whether this object started the process group (and so ends it)
         if self.enabled:
             local = int(os.environ.get("LOCAL_RANK", "0"))
             cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
             self.device = torch.device("cuda", local) if cuda else torch.device("cpu")
             if cuda:
                 torch.cuda.set_device(self.device)
-            if not dist.is_initialized():
+            if not dist.is_initialized():  # a program that runs validate() inside its own DDP job keeps its group
                 dist.init_process_group("nccl" if cuda else "gloo")
+                self.owned = True
             self.rank = dist.get_rank()
             if cuda:
                 self.objects = dist.new_group(backend="gloo")
@@ -45,7 +47,7 @@ class Dist:
     def single(cls, device: str | None = None) -> Dist:
         """One process, whatever the environment says (a model already loaded, as in ``effnet-zoo demo``)."""
         env = cls.__new__(cls)
-        env.world, env.enabled, env.objects, env.rank = 1, False, None, 0
+        env.world, env.enabled, env.objects, env.rank, env.owned = 1, False, None, 0, False
         env.device = resolve_device(device)
         return env
 
@@ -58,7 +60,7 @@ class Dist:
             dist.barrier()
 
     def close(self) -> None:
-        if self.enabled and dist.is_initialized():
+        if self.owned and dist.is_initialized():
             dist.destroy_process_group()
 
     def broadcast(self, value: Any) -> Any:
