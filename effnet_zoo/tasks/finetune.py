@@ -281,15 +281,13 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.removeFilter(drop)
 
 
-def _warn_single_step(cfg: FinetuneConfig, first_lr: float) -> None:
-    """Say that a run of one optimizer step has no learning-rate schedule, and the rate its one step takes.
-
-    timm's scheduler said it as 'no effect ... since t_initial = t_mul = eta_mul = 1', while with warm-up the
-    step is taken at a hundredth of --lr."""
-    at = f"lr {first_lr:.3g}" + (f" (the warm-up's start, not --lr {cfg.lr:g})" if first_lr != cfg.lr else "")
+def _warn_single_step(lr: float) -> None:
+    """Say that a run of one optimizer step has no learning-rate schedule, and the rate its one step takes
+    (timm's scheduler said it as 'no effect ... since t_initial = t_mul = eta_mul = 1'). One step has no warm-up:
+    that is at most a fifth of the run."""
     warnings.warn(
-        f"the run is a single training step (1 epoch of 1 batch), taken at {at}: add epochs or images, or lower "
-        "--batch-size, for a learning-rate schedule",
+        f"the run is a single training step (1 epoch of 1 batch), taken at lr {lr:.3g}: add epochs or images, or "
+        "lower --batch-size, for a learning-rate schedule",
         stacklevel=3,
     )
 
@@ -464,7 +462,7 @@ def _run(cfg: FinetuneConfig, env: Dist) -> dict:
     steps = len(train_loader)
     scheduler = make_scheduler(optimizer, cfg, steps)
     if cfg.epochs * steps == 1 and env.main and not cfg.resume:
-        _warn_single_step(cfg, optimizer.param_groups[0]["lr"])
+        _warn_single_step(optimizer.param_groups[0]["lr"])
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.model_ema else None
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
