@@ -345,15 +345,22 @@ class DecodedImages(torch.utils.data.Dataset):
 
 
 def decoded_loader(
-    decoded: DecodedImages, model: nn.Module, batch_size: int, workers: int, device: torch.device
+    source: torch.utils.data.Dataset,
+    indices: range,
+    model: nn.Module,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
 ) -> torch.utils.data.DataLoader:
-    """timm's eval loader over ``decoded``, preprocessing exactly as the model's ``pretrained_cfg`` says (timm's
-    validate.py transform), in order, with ``workers`` decoding processes."""
+    """timm's eval loader over :class:`DecodedImages` of ``source`` (the items ``indices`` names), preprocessing
+    exactly as the model's ``pretrained_cfg`` says (timm's validate.py transform), in order, with ``workers``
+    decoding processes."""
     from timm.data import create_loader, resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
     return create_loader(
-        decoded, input_size=cfg["input_size"], batch_size=batch_size, interpolation=cfg["interpolation"],
+        DecodedImages(source, cfg["input_size"], indices), input_size=cfg["input_size"], batch_size=batch_size,
+        interpolation=cfg["interpolation"],
         mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"], crop_mode=cfg.get("crop_mode"),
         num_workers=workers, use_prefetcher=False, device=device, persistent_workers=False,
     )  # fmt: skip

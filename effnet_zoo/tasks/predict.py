@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from timm.data import resolve_data_config
 from tqdm import tqdm
 
 from .._io import check_output, check_replaceable_file, disk_full, full_disk_error, signals_deferred
@@ -28,7 +27,6 @@ from ..inference import optimize_for_inference
 from ..options import PREDICT_FORMATS
 from ..weights.common import special_file
 from .common import (
-    DecodedImages,
     ImagePaths,
     class_names,
     count,
@@ -80,9 +78,8 @@ def classify_stream(
     dev = next(model.parameters()).device
     names = class_names(model)
     k = min(topk, model.num_classes)
-    decoded = DecodedImages(ImagePaths(paths), resolve_data_config({}, model=model)["input_size"],
-                            shard(len(paths), env.rank, env.world))  # fmt: skip
-    batches = iter(decoded_loader(decoded, model, batch_size, workers, dev))
+    shard_of_rank = shard(len(paths), env.rank, env.world)
+    batches = iter(decoded_loader(ImagePaths(paths), shard_of_rank, model, batch_size, workers, dev))
     steps = math.ceil(len(shard(len(paths), 0, env.world)) / batch_size)  # rank 0's share is the largest
     for _ in range(steps):
         batch = next(batches, None)  # a rank whose share ran out still takes part in the gather

@@ -9,11 +9,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from timm.data import resolve_data_config
 from tqdm import tqdm
 
 from .._text import printable
-from .common import DecodedImages, autocast, class_ids, count, decoded_loader, image_folder, load_pretrained
+from .common import autocast, class_ids, count, decoded_loader, image_folder, load_pretrained
 from .distributed import Dist, shard
 
 
@@ -116,9 +115,7 @@ def _validate(
             if on_skip:
                 on_skip(Path(path), ValueError(reason))
     target_map = torch.tensor(folder_class_map(list(files.reader.class_to_idx), model), device=dev)
-    input_size = resolve_data_config({}, model=model)["input_size"]
-    decoded = DecodedImages(files, input_size, shard(len(files), env.rank, env.world))
-    loader = decoded_loader(decoded, model, batch_size, workers, dev)
+    loader = decoded_loader(files, shard(len(files), env.rank, env.world), model, batch_size, workers, dev)
     correct1 = correct5 = seen = 0
     loss_sum = 0.0
     start = time.perf_counter()
