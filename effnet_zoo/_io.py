@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ._text import first_line
+
 
 def user_mode(directory: bool = False) -> int:
     """The permissions a new file (or folder) gets under the user's umask.
@@ -57,7 +59,7 @@ def no_space(message: str) -> OSError:
 
 def full_disk_error(path: Path, error: BaseException) -> OSError:
     """The one message for a write that ran out of space: where, and that nothing of the user's was lost."""
-    detail = str(error).splitlines()[0] if str(error) else ""
+    detail = first_line(error)
     return no_space(
         f"no space left on the disk holding {path.parent} while writing {path.name}; nothing was lost: "
         f"{path.name} is as it was before (or was never there) and the partial copy was removed. Free some space "

@@ -21,3 +21,10 @@ def markdown_code(text: str) -> str:
     """``text`` (a file name, a path, a repo id) as a code span in a model card: one line, shown as written,
     where markdown and HTML are not interpreted (a file name cannot add a heading, a link or a tag)."""
     return "`" + printable(text).replace("`", "'") + "`"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or '' for an empty one (``str(e).splitlines()[0]`` raised IndexError
+    there, inside the handler meant to explain it)."""
+    lines = str(error).splitlines()
+    return lines[0] if lines else ""

@@ -120,8 +120,31 @@ def test_a_huge_config_json_is_refused_before_it_is_read(tmp_path):
     path = tmp_path / "config.json"
     with open(path, "wb") as f:
         f.truncate(2 * 2**30)  # sparse: 2 GB on paper, nothing on disk
-    with pytest.raises(ValueError, match="is 2,147,483,648 bytes, over the 8,388,608 a model config can need"):
+    with pytest.raises(ValueError, match="is 2,147,483,648 bytes, over the 8,388,608 a model config can need") as e:
         read_config_file(path)
+    assert "not valid JSON" not in str(e.value)  # it was wrapped as one
+
+
+def test_the_converters_config_reader_is_the_same_bounded_one(tmp_path):
+    """convert's reader of a folder's config.json had its own 16 MiB bound, read the file whole, and let Python's
+    4300-digit error through raw: it is now read_config_file, its errors as ConversionError."""
+    from effnet_zoo.weights.common import ConversionError
+    from effnet_zoo.weights.torch_file import read_config
+
+    (tmp_path / "config.json").write_text('{"num_classes": ' + "7" * 5000 + "}")
+    with pytest.raises(ConversionError, match="config.json is not valid JSON"):
+        read_config(tmp_path / "model.safetensors")
+    with open(tmp_path / "config.json", "wb") as f:
+        f.truncate(12 * 2**20)
+    with pytest.raises(ConversionError, match="is 12,582,912 bytes, over the 8,388,608"):
+        read_config(tmp_path / "model.safetensors")
+
+
+def test_an_error_without_a_message_is_explained_not_crashed_on():
+    """``str(e).splitlines()[0]`` raised IndexError inside the handlers for KeyError() / ValueError()."""
+    from effnet_zoo._text import first_line
+
+    assert first_line(KeyError()) == "" and first_line(ValueError("a\nb")) == "a"
 
 
 def test_an_integer_of_thousands_of_digits_is_named_with_its_file(tmp_path):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._text import printable
+from .._text import first_line, printable
 
 # ---- deadlines ------------------------------------------------------------------------------------------------
 # huggingface_hub's timeouts bound each read, not a request: a Hub sending a byte a second, or accepting a request
@@ -439,8 +439,8 @@ def explain_hub_error(error: BaseException, what: str) -> str:
             "to a token with write access to the repo"
         )
     if isinstance(error, HfHubHTTPError):
-        return f"{what}: the Hub answered HTTP {status} ({str(error).splitlines()[0]}); try again later"
-    first = str(error).splitlines()[0] if str(error) else ""
+        return f"{what}: the Hub answered HTTP {status} ({first_line(error)}); try again later"
+    first = first_line(error)
     reason = f"{type(error).__name__}: {first}"
     return f"{what}: could not reach the Hub at {constants.ENDPOINT} ({reason}); check the network"
 
@@ -459,11 +459,11 @@ def hub_unreachable() -> str | None:
     limit = _limit(PROBE_SHARE)  # an unusable EFFNET_ZOO_HUB_TIMEOUT is its own error, not an unreachable Hub
     try:
         with hub_deadline(limit):
-            get_session().head(constants.ENDPOINT)
+            get_session().head(constants.ENDPOINT, timeout=limit)  # huggingface_hub 0.x has no client hooks
     except HubTimeout as e:
         return f"no answer within {e.limit:g} s; {_wait_longer()}"
     except Exception as e:  # any failure to get an answer: refused, DNS, TLS, proxy
-        first = str(e).splitlines()[0] if str(e) else ""
+        first = first_line(e)
         return f"{type(e).__name__}: {first}" if first else type(e).__name__
     return None
 
@@ -473,7 +473,8 @@ def http_errors() -> tuple[type[BaseException], ...]:
     from huggingface_hub.utils import _http
 
     lib = getattr(_http, "httpx2", None) or getattr(_http, "httpx", None) or getattr(_http, "requests", None)
-    error = getattr(lib, "HTTPError", None) or getattr(getattr(lib, "exceptions", None), "RequestException", None)
+    # requests' base is RequestException (its HTTPError misses redirect loops and connection errors); httpx's HTTPError
+    error = getattr(getattr(lib, "exceptions", None), "RequestException", None) or getattr(lib, "HTTPError", None)
     return (error,) if isinstance(error, type) else ()
 
 

@@ -84,11 +84,14 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is {kind}, not a regular file: a model folder's config.json must be a file")
     try:
         size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ValueError(
-                f"{path} is {size:,} bytes, over the {MAX_CONFIG_BYTES:,} a model config can need (ImageNet-22k's "
-                "labels take 1.5 MB); it is not a model folder's config.json"
-            )
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e})") from e
+    if size > MAX_CONFIG_BYTES:  # said as it is, not as "not valid JSON"
+        raise ValueError(
+            f"{path} is {size:,} bytes, over the {MAX_CONFIG_BYTES:,} a model config can need (ImageNet-22k's "
+            "labels take 1.5 MB); it is not a model folder's config.json"
+        )
+    try:
         with open(path, "rb") as f:
             config = json.loads(f.read(MAX_CONFIG_BYTES + 1).decode("utf-8"))
     except (OSError, UnicodeDecodeError) as e:

@@ -21,6 +21,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_STD
 from torch import nn
 
+from .._text import first_line
 from .common import (
     BN_PARAMS,
     ConversionError,
@@ -208,7 +209,7 @@ def read(src: Path, model: nn.Module) -> Converted:
             raise
         except (KeyError, TypeError, ValueError, OSError, IndexError) as e:  # h5py's and numpy's on a file that lies
             raise ConversionError(
-                f"{src} is not a Keras EfficientNet weights file ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                f"{src} is not a Keras EfficientNet weights file ({type(e).__name__}: {first_line(e)}); "
                 "expected keras.applications' .h5 or a Keras 3 .weights.h5"
             ) from e
     data: dict[str, Any] = {}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copyreg
-import json
 import math
 import pickletools
 import re
@@ -43,7 +42,6 @@ ZIP_MAGIC = b"PK\x03\x04"  # what torch.load tells its zip format from the legac
 # torch.save stores zip members uncompressed and float weights deflate under 2x: a member that inflates more than
 # this (and past 1 MiB) holds little but repetition, which is what a zip bomb is made of
 MAX_INFLATION = 100
-MAX_CONFIG_BYTES = 16 << 20  # ImageNet-21k's id2label is under 1 MiB
 LEGACY_PICKLES = 5  # a legacy file: magic number, protocol, sys_info, the object, storage keys; then raw bytes
 
 
@@ -254,15 +252,12 @@ def read_config(src: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
         return {}
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConversionError(f"{path} is {path.stat().st_size:,} bytes, not a model's config.json (at most 16 MiB)")
+    from ..hub.config import read_config_file  # the one bounded config.json reader
+
     try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ConversionError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(config, dict):
-        raise ConversionError(f"{path} should hold a JSON object, not {type(config).__name__}")
-    return config
+        return read_config_file(path)
+    except ValueError as e:
+        raise ConversionError(str(e)) from e
 
 
 def load_state_dict(src: Path, budget: WeightsBudget | None = None) -> dict[str, torch.Tensor]:
