@@ -30,8 +30,9 @@ from .hub.access import (
     hub_unreachable,
     unreachable_message,
 )
-from .hub.config import MAX_INPUT_SIDE, check_pretrained_cfg
+from .hub.config import check_pretrained_cfg
 from .model import EfficientNet, EfficientNetFeatures, check_out_indices, ends_a_level
+from .options import MAX_INPUT_SIDE
 from .scaling import BASE_STAGES, LITE_VARIANTS, VARIANTS, Scaling, scaling_from_phi
 from .weights.common import WeightsBudget, require_regular_file
 from .weights.timm_format import checkpoint_filter_fn, source_file, weights_source
@@ -227,6 +228,9 @@ def _build(name: str, pretrained: bool, scaling: Scaling, **kwargs: Any) -> Effi
         raise error from e
 
 
+TIMM_OUT_INDICES = (0, 1, 2, 3, 4)  # what timm's builder gives features_only when no out_indices is passed
+
+
 def _check_out_indices(kwargs: dict[str, Any]) -> None:
     """The levels a ``features_only`` call asks for (the caller's, a feature_cfg's or timm's default, as timm picks
     them), checked before anything is built or downloaded: timm's wrappers fail on a bad one with a bare
@@ -254,8 +258,6 @@ def _check_given_cfg(kwargs: dict[str, Any]) -> None:
         in_chans = kwargs.get("in_chans", 3)
         check_pretrained_cfg(cfg, where, in_chans if isinstance(in_chans, int) else 3)
 
-
-TIMM_OUT_INDICES = (0, 1, 2, 3, 4)  # what timm's builder gives features_only when no out_indices is passed
 
 # What timm's builder takes for loading and features; the rest of the arguments shape the model
 _LOADING_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "pretrained_model_args", "pretrained_strict",
