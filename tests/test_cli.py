@@ -167,4 +167,4 @@ def test_import_effnet_zoo_registers_and_the_public_api_resolves():
         "assert all(getattr(effnet_zoo, n) is not None for n in effnet_zoo.__all__); print(len(effnet_zoo.__all__))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "13", out.stderr[-2000:]
+    assert out.returncode == 0 and out.stdout.strip() == "16", out.stderr[-2000:]

@@ -210,8 +210,10 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """Mixed precision: bfloat16 autocast (needs no loss scaling, on CPU and on recent GPUs)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+    """Mixed precision: bfloat16 autocast (needs no loss scaling), refused where bf16 is not native."""
+    from ..inference import bf16_autocast
+
+    return bf16_autocast(device) if enabled else contextlib.nullcontext()
 
 
 def _walk_files(root: Path) -> list[Path]:
@@ -351,13 +353,14 @@ def decoded_loader(
     batch_size: int,
     workers: int,
     device: torch.device,
+    img_size: int | None = None,
 ) -> torch.utils.data.DataLoader:
     """timm's eval loader over :class:`DecodedImages` of ``source`` (the items ``indices`` names), preprocessing
-    exactly as the model's ``pretrained_cfg`` says (timm's validate.py transform), in order, with ``workers``
-    decoding processes."""
+    exactly as the model's ``pretrained_cfg`` says (timm's validate.py transform; ``img_size`` overrides its size),
+    in order, with ``workers`` decoding processes."""
     from timm.data import create_loader, resolve_data_config
 
-    cfg = resolve_data_config({}, model=model)
+    cfg = resolve_data_config({"img_size": img_size} if img_size else {}, model=model)
     return create_loader(
         DecodedImages(source, cfg["input_size"], indices), input_size=cfg["input_size"], batch_size=batch_size,
         interpolation=cfg["interpolation"],

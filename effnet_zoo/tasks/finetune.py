@@ -37,6 +37,7 @@ from .._io import atomic_write, atomic_write_text, check_output, disk_full, full
 from .._text import printable
 from ..hub import save_pretrained
 from ..hub.config import check_layout, model_args_of
+from ..inference import native_bf16
 from ..weights.common import ConversionError, WeightsBudget, check_fits, require_regular_file, special_file
 from ..weights.torch_file import REDO, check_weights_file, torch_load_error
 from ..zoo import paper_regularization
@@ -427,10 +428,12 @@ def _run(cfg: FinetuneConfig, env: Dist) -> dict:
         kwargs["drop_rate"] = cfg.drop_rate
     model = load_pretrained(cfg.model, **kwargs).to(env.device)
     check_layout(model.pretrained_cfg["architecture"], cfg.layout, model_args_of(model))  # now, not at the end
-    # on a GPU, bf16 autocast and NHWC are what EfficientNet trains fastest with; on the CPU, fp32 (the model runs
-    # NHWC inside by itself)
+    # on a GPU, bf16 autocast (where native: not before Ampere) and NHWC are what EfficientNet trains fastest with;
+    # on the CPU, fp32 (the model runs NHWC inside by itself)
     on_gpu = env.device.type == "cuda"
-    amp = on_gpu if cfg.amp is None else cfg.amp
+    amp = on_gpu and native_bf16(env.device) if cfg.amp is None else cfg.amp
+    if amp:
+        autocast(env.device, amp)  # refused where bf16 is not native
     channels_last = on_gpu if cfg.channels_last is None else cfg.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
