@@ -7,6 +7,7 @@ has no run-time padding logic and a dynamic batch dimension costs nothing.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from .._io import atomic_write, check_replaceable_file, no_space
 from ..inference import optimize_for_inference
 from ..options import EXPORT_FORMATS
 from .common import load_pretrained
+from .quantize import MIN_CALIBRATION_IMAGES, Agreement, agreement, image_batches, quantize_onnx, split_images
 
 FORMATS = EXPORT_FORMATS
 SUFFIXES = {
@@ -36,6 +38,8 @@ class ExportResult:
     max_abs_diff: float
     max_rel_diff: float
     checked_batch: int
+    int8: Agreement | None = None  # --int8: agreement with fp32 on the folder's images that did not calibrate it
+    calibrated_on: int = 0
 
 
 @contextlib.contextmanager
@@ -71,15 +75,32 @@ def write_exported(fmt: str, model: torch.nn.Module, x: torch.Tensor, path: str,
             torch.export.save(program, f, extra_files={MARK: fmt})
 
 
+def _onnx_session(path: Path):  # noqa: ANN202  (onnxruntime is optional)
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise RuntimeError("checking an ONNX file needs onnxruntime: pip install 'effnet_zoo[export]'") from e
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _run_session(session, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+def _mark_onnx(path: Path) -> None:
+    """Name the format in the file's metadata (what ``--force`` looks for), where a rewrite dropped it."""
+    import onnx
+
+    model = onnx.load(str(path))
+    if {p.key: p.value for p in model.metadata_props}.get(MARK) != "onnx":
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, MARK: "onnx"})
+        onnx.save(model, str(path))
+
+
 def _run_exported(fmt: str, path: Path, x: torch.Tensor) -> torch.Tensor:
     """Run the file as a deployment would: a fresh load, not the in-memory object."""
     if fmt == "onnx":
-        try:
-            import onnxruntime
-        except ImportError as e:
-            raise RuntimeError("checking an ONNX file needs onnxruntime: pip install 'effnet_zoo[export]'") from e
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+        return _run_session(_onnx_session(path), x)
     if fmt == "torchscript":
         return torch.jit.load(str(path))(x)
     with open(path, "rb") as f, _pt2_quiet():
@@ -158,9 +179,18 @@ def export(
     img_size: int | None = None,
     force: bool = False,
     seed: int = 0,
+    int8: str | None = None,
+    calibration_images: int = 200,
 ) -> ExportResult:
+    """Export ``model_name``'s inference copy as ``fmt`` to ``out`` and check the written file against eager.
+
+    ``int8``: a folder of images; the ONNX file is then quantized to INT8 (:mod:`.quantize`), calibrated on up to
+    ``calibration_images`` of them and checked on others (top-1 agreement with fp32, not a tolerance).
+    """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    if int8 is not None and fmt != "onnx":
+        raise ValueError(f"--int8 quantizes an ONNX file (ONNX Runtime's static quantization); got --format {fmt}")
     out_path = Path(out)
     check_replaceable_export(out_path, fmt)  # an existing file that is not ours is named for what it is
     if out_path.suffix.lower() not in SUFFIXES[fmt]:  # `--format onnx --out x.pt` was written silently
@@ -170,6 +200,7 @@ def export(
         )
     if (out_path.exists() or out_path.is_symlink()) and not force:
         raise FileExistsError(f"{out} exists; pass --force to replace it")
+    calibrate, check_images = split_images(int8, calibration_images) if int8 is not None else ([], [])
     model = load_pretrained(model_name).eval()
     fast = optimize_for_inference(model)
     cfg = resolve_data_config({}, model=model)
@@ -177,6 +208,7 @@ def export(
     if img_size:
         height = width = img_size
     gen = torch.Generator().manual_seed(seed)
+    dynamic_batch = dynamic_batch or int8 is not None  # calibrated and checked in batches of any size
     if dynamic_batch:  # torch.export specialises a size-1 dim to a constant: trace with 2, any size runs
         batch_size = max(batch_size, 2)
     x = torch.randn(batch_size, chans, height, width, generator=gen)
@@ -193,12 +225,27 @@ def export(
 
     def write(tmp: Path) -> None:
         with torch.inference_mode(False), torch.no_grad():
-            write_exported(fmt, fast, x, str(tmp), dynamic_batch)
+            if int8 is None:
+                write_exported(fmt, fast, x, str(tmp), dynamic_batch)
+            else:
+                with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".fp32-") as folder:
+                    float_file = Path(folder) / "model.onnx"
+                    write_exported(fmt, fast, x, str(float_file), dynamic_batch)
+                    read = quantize_onnx(float_file, tmp, image_batches(model, calibrate, img_size))
+                if read < MIN_CALIBRATION_IMAGES:
+                    raise ValueError(f"only {read} of the {len(calibrate)} calibration images could be read; "
+                                     f"calibration needs at least {MIN_CALIBRATION_IMAGES}")  # fmt: skip
+                outputs["calibrated_on"] = read
+                _mark_onnx(tmp)
             outputs["got"] = got = _run_exported(fmt, tmp, check).float()  # the file as written, before renaming
-        if not torch.isfinite(got).all():  # raised inside the write: the half-checked file is not kept
-            raise ValueError(f"the exported {fmt} model gives NaN/Inf where the model does not; nothing exported")
+            if not torch.isfinite(got).all():  # raised inside the write: the half-checked file is not kept
+                raise ValueError(f"the exported {fmt} model gives NaN/Inf where the model does not; nothing exported")
+            if int8 is not None:
+                session = _onnx_session(tmp)
+                outputs["int8"] = agreement(model, lambda b: _run_session(session, b), check_images, img_size)
 
     atomic_write(out_path, write)
     got = outputs["got"]
     diff = (got - expected).abs().max().item()
-    return ExportResult(out_path, fmt, tuple(x.shape), diff, diff / expected.abs().max().item(), check.shape[0])
+    return ExportResult(out_path, fmt, tuple(x.shape), diff, diff / expected.abs().max().item(), check.shape[0],
+                        outputs.get("int8"), outputs.get("calibrated_on", 0))  # fmt: skip

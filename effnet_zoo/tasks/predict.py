@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from .._io import check_output, check_replaceable_file, disk_full, full_disk_error, signals_deferred
 from .._text import printable
-from ..inference import optimize_for_inference
+from ..inference import compile_for_inference, optimize_for_inference
 from ..options import PREDICT_FORMATS
 from ..weights.common import special_file
 from .common import (
     ImagePaths,
+    autocast,
     class_names,
     count,
     decoded_loader,
@@ -70,11 +71,12 @@ def _prediction_json(p: Prediction) -> dict:
 
 
 def classify_stream(
-    model: torch.nn.Module, paths: list[Path], topk: int, batch_size: int, workers: int, env: Dist
-) -> Iterator[list[Prediction | Skipped]]:
+    model: torch.nn.Module, paths: list[Path], topk: int, batch_size: int, workers: int, env: Dist, amp: bool = False,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Iterator[list[Prediction | Skipped]]:  # fmt: skip
     """Each batch step's results, in listing order. Under torchrun every rank classifies its :func:`shard` and
     rank 0 gets the step's results of all ranks merged (together one contiguous run of the listing); the other
-    ranks get empty lists."""
+    ranks get empty lists. ``forward``: what runs ``model`` (its compiled form); ``model`` itself by default."""
     dev = next(model.parameters()).device
     names = class_names(model)
     k = min(topk, model.num_classes)
@@ -83,14 +85,19 @@ def classify_stream(
     steps = math.ceil(len(shard(len(paths), 0, env.world)) / batch_size)  # rank 0's share is the largest
     for _ in range(steps):
         batch = next(batches, None)  # a rank whose share ran out still takes part in the gather
-        done = [] if batch is None else _classify_batch(model, batch, paths, names, k, dev)
+        done = (
+            []
+            if batch is None
+            else _classify_batch(model if forward is None else forward, batch, paths, names, k, dev, amp)
+        )
         parts = env.gather(done)
         yield [record for _, record in sorted(r for part in parts for r in part)] if env.main else []
 
 
 def _classify_batch(
-    model: torch.nn.Module, batch: tuple, paths: list[Path], names: list[str], k: int, dev: torch.device
-) -> list[tuple[int, Prediction | Skipped]]:
+    forward: Callable[[torch.Tensor], torch.Tensor], batch: tuple, paths: list[Path], names: list[str], k: int,
+    dev: torch.device, amp: bool,
+) -> list[tuple[int, Prediction | Skipped]]:  # fmt: skip
     images, _, indices, reasons = batch
     indices = indices.tolist()
     records: list[tuple[int, Prediction | Skipped]] = [
@@ -98,8 +105,9 @@ def _classify_batch(
     ]
     readable = [n for n, why in enumerate(reasons) if not why]
     if readable:
-        with torch.inference_mode():
-            probs = model(images[readable].to(dev)).float().softmax(-1)
+        with torch.inference_mode(), autocast(dev, amp):
+            logits = forward(images[readable].to(dev))
+        probs = logits.float().softmax(-1)
         values, classes = probs.topk(k, dim=-1)
         for n, v, c in zip(readable, values.tolist(), classes.tolist(), strict=True):
             top = [(ci, names[ci], p) for ci, p in zip(c, v, strict=True)]
@@ -465,10 +473,14 @@ def predict_files(
     progress: bool | None = None,
     on_skip: OnSkip | None = None,
     stdout: io.TextIOBase | None = None,
+    amp: bool = False,
+    compile: bool = False,
 ) -> PredictSummary | None:
     """``effnet-zoo predict``: classify every image in ``inputs``, streaming results to ``out`` (JSON Lines or
     CSV) or to ``stdout`` as batches finish. Under torchrun, rank 0 writes and returns the summary; the other
-    ranks return None. ``progress``: a bar on stderr; None shows one where results do not go to the terminal."""
+    ranks return None. ``progress``: a bar on stderr; None shows one where results do not go to the terminal.
+    ``amp``: bfloat16 autocast, refused where bf16 is not native; ``compile``: the model compiled by inductor with
+    its weights frozen (:func:`~effnet_zoo.inference.compile_for_inference`). docs/performance.md measures both."""
     if topk < 1:
         raise ValueError(f"--topk must be at least 1, got {topk}")
     if resume and out is None:
@@ -483,8 +495,10 @@ def predict_files(
         check_output(Path(out), [Path(p) for p in inputs])
     env = Dist(device)
     try:
+        if amp:
+            autocast(env.device, amp)  # refused where bf16 is not native, before the model loads
         return _predict_files(paths, model_name, topk, batch_size, workers, env, out, fmt, resume, force,
-                              json_document, progress, on_skip, stdout or sys.stdout)  # fmt: skip
+                              json_document, progress, on_skip, stdout or sys.stdout, amp, compile)  # fmt: skip
     finally:
         env.close()
 
@@ -492,7 +506,7 @@ def predict_files(
 def _predict_files(
     paths: list[Path], model_name: str, topk: int, batch_size: int, workers: int, env: Dist, out: str | None,
     fmt: str | None, resume: bool, force: bool, json_document: bool, progress: bool | None, on_skip: OnSkip | None,
-    stdout: io.TextIOBase,
+    stdout: io.TextIOBase, amp: bool, compile: bool,
 ) -> PredictSummary | None:  # fmt: skip
     env.check_same_files([str(p) for p in paths], "image files")
     if out is not None:  # refusals that need no model come before it loads (a Hub model downloads first)
@@ -500,6 +514,7 @@ def _predict_files(
     # the inference copy (BatchNorm folded, static padding): equal to eager up to float rounding, about 1.2x faster
     # on this project's CPU (B0, batch 16), and nothing in a command can watch the modules
     model = optimize_for_inference(load_pretrained(model_name).eval()).to(env.device)
+    forward = _padded(compile_for_inference(model), batch_size) if compile else model
     k = min(topk, model.num_classes)
 
     def open_output() -> _Text | ResultsFile:
@@ -524,7 +539,7 @@ def _predict_files(
                disable=not (show and env.main and todo), dynamic_ncols=True)  # fmt: skip
     classified = skipped = 0
     try:
-        for records in classify_stream(model, todo, k, batch_size, workers, env) if todo else ():
+        for records in classify_stream(model, todo, k, batch_size, workers, env, amp, forward) if todo else ():
             if not env.main:
                 continue
             for r in records:
@@ -550,6 +565,17 @@ def _predict_files(
     if not env.main:
         return None
     return PredictSummary(len(paths), classified - skipped, skipped, already, out)
+
+
+def _padded(compiled: Callable[[torch.Tensor], torch.Tensor], size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``compiled`` on batches of one size: a smaller one (the last, or one with unreadable images left out) is
+    padded with zeros, not compiled again. Each image's logits depend on that image alone (BatchNorm is folded)."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        n = len(x)
+        return compiled(torch.cat([x, x.new_zeros(size - n, *x.shape[1:])]) if n < size else x)[:n]
+
+    return forward
 
 
 def _on_rank_0(env: Dist, action: Callable[[], object]) -> object:

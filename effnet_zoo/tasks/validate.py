@@ -101,6 +101,8 @@ def _validate(
     progress: bool, on_skip: Callable[[Path, Exception], None] | None,
 ) -> ValidateResult:  # fmt: skip
     dev = env.device
+    if amp:
+        autocast(dev, amp)  # refused where bf16 is not native, before the model loads
     model = load_pretrained(model_name).eval().to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
