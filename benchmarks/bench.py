@@ -18,7 +18,15 @@ Modes:
   fast   each library's documented inference fast path: ours ``effnet_zoo.optimize_for_inference``; torchvision
          with ``torch.fx.experimental.optimization.fuse`` + channels_last (timm's TF model cannot be traced for that:
          its padding is computed at run time), against timm's eager model. On the CPU (fp32) also ONNX Runtime
-         running what ``effnet-zoo export --format onnx`` writes (needs the ``export`` extra).
+         running what ``effnet-zoo export --format onnx`` writes (needs the ``export`` extra), the INT8 file
+         ``export --int8`` writes (``onnxruntime_int8``), and ours under bf16 autocast where the CPU has native bf16
+         (``ours_bf16``); ``--with-compiled`` adds ours through ``effnet_zoo.compile_for_inference`` in fp32 and
+         bf16 (``ours_compiled``, ``ours_bf16_compiled``). These are also given as speed-ups over ONNX Runtime fp32
+         (issue 22's yardstick).
+         ``--models lite0`` (to lite4) runs EfficientNet-Lite in this mode (timm's tf_efficientnet_lite*; no
+         torchvision).
+
+    python benchmarks/bench.py --models lite0,b0 --modes fast --batch-sizes 1,16 --with-compiled  # issue 22
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ import effnet_zoo  # noqa: E402
 from effnet_zoo.weights.timm_format import from_timm  # noqa: E402
 
 RESOLUTION = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456, "b6": 528, "b7": 600}
+# EfficientNet-Lite (fast mode only: torchvision has none): ReLU6, no squeeze-excitation, made to be quantized
+RESOLUTION.update({"lite0": 224, "lite1": 240, "lite2": 260, "lite3": 280, "lite4": 300})
 
 
 def build(variant: str, library: str) -> torch.nn.Module:
@@ -53,7 +63,7 @@ def build(variant: str, library: str) -> torch.nn.Module:
         return timm.create_model(f"tf_efficientnet_{variant}")
     if library == "torchvision":
         return getattr(torchvision.models, f"efficientnet_{variant}")()
-    ours = timm.create_model(f"effnet_v1_{variant}")
+    ours = timm.create_model(f"effnet_{variant}" if variant.startswith("lite") else f"effnet_v1_{variant}")
     ours.load_state_dict(from_timm(build(variant, "timm_tf").state_dict()))
     return ours
 
@@ -136,7 +146,12 @@ def fast_paths(variant: str, args: argparse.Namespace, size: int, batch: int) ->
 
     x = torch.randn(batch, 3, size, size, device=args.device)
     ours = effnet_zoo.optimize_for_inference(build(variant, "ours").to(args.device).eval())
-    tv = fuse(build(variant, "torchvision").to(args.device).eval()).to(memory_format=torch.channels_last)
+    lite = variant.startswith("lite")
+    tv = (
+        None
+        if lite
+        else fuse(build(variant, "torchvision").to(args.device).eval()).to(memory_format=torch.channels_last)
+    )
     timm_tf = build(variant, "timm_tf").to(args.device).eval()
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
@@ -144,28 +159,50 @@ def fast_paths(variant: str, args: argparse.Namespace, size: int, batch: int) ->
         with torch.inference_mode(), autocast(args):
             return m(inp)
 
-    paths = {"ours": lambda: run(ours, x), "timm_tf": lambda: run(timm_tf, x), "torchvision": lambda: run(tv, x_cl)}
+    def run_bf16(m):
+        with torch.inference_mode(), effnet_zoo.bf16_autocast("cpu"):
+            return m(x)
+
+    paths = {"ours": lambda: run(ours, x), "timm_tf": lambda: run(timm_tf, x)}
+    if tv is not None:
+        paths["torchvision"] = lambda: run(tv, x_cl)
     if args.device == "cpu" and args.dtype == "fp32" and not args.compile:
-        session = _onnxruntime_session(ours, x)
-        if session is not None:
-            feed = {session.get_inputs()[0].name: x.numpy()}
-            paths["onnxruntime"] = lambda: session.run(None, feed)
+        bf16 = effnet_zoo.native_bf16("cpu")
+        if bf16:
+            paths["ours_bf16"] = lambda: run_bf16(ours)
+        if args.with_compiled:  # effnet_zoo.compile_for_inference, compiled here by a first call of each
+            compiled = effnet_zoo.compile_for_inference(ours)
+            paths["ours_compiled"] = lambda: run(compiled, x)
+            if bf16:
+                compiled_bf16 = effnet_zoo.compile_for_inference(ours)
+                paths["ours_bf16_compiled"] = lambda: run_bf16(compiled_bf16)
+        for name, int8 in (("onnxruntime", False), ("onnxruntime_int8", True)):
+            session = _onnxruntime_session(ours, x, int8)
+            if session is not None:
+                feed = {session.get_inputs()[0].name: x.numpy()}
+                paths[name] = lambda session=session, feed=feed: session.run(None, feed)
     return paths
 
 
-def _onnxruntime_session(fast: torch.nn.Module, x: torch.Tensor):
+def _onnxruntime_session(fast: torch.nn.Module, x: torch.Tensor, int8: bool = False):
     """ONNX Runtime on the file ``effnet-zoo export --format onnx`` writes (the same fast path, exported), with
-    as many threads as torch uses; None without onnxruntime (the ``export`` extra)."""
+    as many threads as torch uses; None without onnxruntime (the ``export`` extra). ``int8``: the file
+    ``export --int8`` writes, calibrated here on the input itself (the ranges change what it computes, not how
+    fast)."""
     try:
         import onnxruntime
     except ImportError:
         return None
     from effnet_zoo.tasks.export import write_exported
+    from effnet_zoo.tasks.quantize import quantize_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/model.onnx"
         with torch.no_grad():
             write_exported("onnx", fast, x, path, dynamic_batch=False)
+        if int8:
+            quantize_onnx(Path(path), Path(f"{tmp}/int8.onnx"), [x])
+            path = f"{tmp}/int8.onnx"
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         # ORT's idle threads spin by default, taking the cores from the candidates timed between its runs
@@ -303,6 +340,9 @@ def bench_load(variant: str, args: argparse.Namespace) -> list[dict]:
     return [row]
 
 
+LOW_PRECISION = ("ours_compiled", "ours_bf16", "ours_bf16_compiled", "onnxruntime_int8")  # each vs ORT fp32
+
+
 def _row(mode: str, variant: str, batch: int, size: int, med: dict[str, float]) -> dict:
     return {
         "mode": mode,
@@ -312,8 +352,16 @@ def _row(mode: str, variant: str, batch: int, size: int, med: dict[str, float]) 
         "ms": {k: round(v * 1000, 2) for k, v in med.items()},
         "img_per_s": {k: round(batch / v, 1) for k, v in med.items()},
         "speedup_vs_timm_tf": round(med["timm_tf"] / med["ours"], 3),
-        "speedup_vs_torchvision": round(med["torchvision"] / med["ours"], 3),
+        **({"speedup_vs_torchvision": round(med["torchvision"] / med["ours"], 3)} if "torchvision" in med else {}),
         **({"onnxruntime_vs_ours": round(med["ours"] / med["onnxruntime"], 3)} if "onnxruntime" in med else {}),
+        # issue 22's goals are set against ONNX Runtime fp32: ours fp32 / bf16, and INT8, each against it
+        **(
+            {
+                f"{k}_vs_onnxruntime": round(med["onnxruntime"] / med[k], 3)
+                for k in LOW_PRECISION
+                if k in med and "onnxruntime" in med
+            }
+        ),
         **({"watched_vs_ours": round(med["ours_watched"] / med["ours"], 3)} if "ours_watched" in med else {}),
     }
 
@@ -342,6 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast")
     p.add_argument("--channels-last", action="store_true", help="models and inputs in channels_last")
     p.add_argument("--compile", action="store_true", help="torch.compile every candidate")
+    p.add_argument(
+        "--with-compiled",
+        action="store_true",
+        help="fast: also ours through effnet_zoo.compile_for_inference, fp32 and bf16 (compiles first)",
+    )
     p.add_argument("--grad-checkpointing", action="store_true", help="ours with gradient checkpointing (train)")
     p.add_argument("--img-size", type=int, help="override every variant's native resolution (e.g. for a smoke run)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
@@ -353,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     if args.img_size:
         RESOLUTION.update(dict.fromkeys(RESOLUTION, args.img_size))
+    lite = [v for v in args.models.split(",") if v.startswith("lite")]
+    if lite and set(args.modes.split(",")) - {"fast"}:
+        p.error(f"{', '.join(lite)}: EfficientNet-Lite is benchmarked in --modes fast only (torchvision has none)")
     modes = {"infer": bench_infer, "train": bench_train, "fast": bench_fast, "watched": bench_watched,
              "load": bench_load}  # fmt: skip
     rows = []
@@ -372,9 +428,14 @@ def _print(rows: list[dict]) -> None:
     for r in rows:
         ms = "  ".join(f"{k} {v:.1f} ms" for k, v in r["ms"].items())
         line = (f"{r['mode']:<6}{r['model']:<4} batch {r['batch']:<4} {ms}  |  ours x{r['speedup_vs_timm_tf']:.2f} "
-                f"vs timm tf_, x{r['speedup_vs_torchvision']:.2f} vs torchvision")  # fmt: skip
+                f"vs timm tf_")  # fmt: skip
+        if "speedup_vs_torchvision" in r:
+            line += f", x{r['speedup_vs_torchvision']:.2f} vs torchvision"
         if "onnxruntime_vs_ours" in r:
             line += f", onnxruntime x{r['onnxruntime_vs_ours']:.2f} vs ours"
+        for k in LOW_PRECISION:
+            if f"{k}_vs_onnxruntime" in r:
+                line += f", {k} x{r[f'{k}_vs_onnxruntime']:.2f} vs onnxruntime"
         if "watched_vs_ours" in r:
             line += f"  |  watched (a hook on every conv/BN) takes x{r['watched_vs_ours']:.2f} ours' time"
         if "peak_mib" in r:

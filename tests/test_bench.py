@@ -8,6 +8,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import effnet_zoo
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
 
 
@@ -27,7 +29,12 @@ def test_bench_smoke_json(capsys):
     ]
     for row in report["results"]:
         # ONNX Runtime on our ONNX export is one of the CPU fast paths
-        extra = {"fast": {"onnxruntime"}, "watched": {"ours_watched"}}.get(row["mode"], set())
+        # ONNX Runtime fp32 and INT8 and ours in bf16 (where native) are CPU fast paths too
+        bf16 = {"ours_bf16"} if effnet_zoo.native_bf16("cpu") else set()
+        extra = {"fast": {"onnxruntime", "onnxruntime_int8"} | bf16, "watched": {"ours_watched"}}.get(
+            row["mode"], set()
+        )
         assert set(row["ms"]) == {"ours", "timm_tf", "torchvision"} | extra and row["speedup_vs_timm_tf"] > 0
         assert row["size"] == 64
     assert report["results"][1]["onnxruntime_vs_ours"] > 0 and report["results"][3]["watched_vs_ours"] > 0
+    assert report["results"][1]["onnxruntime_int8_vs_onnxruntime"] > 0

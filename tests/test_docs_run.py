@@ -137,6 +137,14 @@ def reader_inputs(page: Path, where: Path) -> None:
         (where / "shots" / "day1").mkdir(parents=True)
         shutil.copy(photos[0], where / "shots" / "day1" / "a.jpg")
         Image.open(photos[1]).save(where / "cat.png")
+    if "--int8 calib/" in text:  # calibration needs 12 images or more: crops of the photographs
+        (where / "calib").mkdir()
+        for i in range(15):
+            img = Image.open(photos[i % len(photos)])
+            w, h = img.size
+            img.crop((i * w // 60, i * h // 60, w - i * w // 60, h)).resize((160, 120)).save(
+                where / "calib" / f"{i}.jpg"
+            )
     if "imagenet/val" in text:  # ImageNet synset folders
         for synset, photo in (("n02123045", "cat.jpg"), ("n07920052", "espresso.jpg")):
             (where / "imagenet" / "val" / synset).mkdir(parents=True)
