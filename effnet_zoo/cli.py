@@ -21,7 +21,15 @@ from typing import Any, NoReturn
 from . import register
 from ._io import Terminated, stop_on_signal
 from ._text import printable
-from .options import DTYPE_NAMES, EXPORT_FORMATS, LAYOUTS, MAX_INPUT_SIDE, PREDICT_FORMATS, SOURCE_FORMATS
+from .options import (
+    DTYPE_NAMES,
+    EXPORT_FORMATS,
+    LAYOUTS,
+    MAX_INPUT_SIDE,
+    MIN_CALIBRATION_IMAGES,
+    PREDICT_FORMATS,
+    SOURCE_FORMATS,
+)
 
 
 def _say(text: str, block: bool = False) -> None:
@@ -212,8 +220,9 @@ def _export(args: argparse.Namespace) -> int:
     if not a.images:
         _say(f"  calibrated on {r.calibrated_on:,} images; none of the images kept back to check it could be read")
         return 0
-    _say(f"  calibrated on {r.calibrated_on:,} images; on {a.images:,} others of the folder the top class equals "
-         f"fp32's for {a.top1:.1%} (mean change of its probability {a.mean_prob_change:.3f})")  # fmt: skip
+    unread = f" ({r.calibration_unreadable:,} unreadable, left out)" if r.calibration_unreadable else ""
+    _say(f"  calibrated on {r.calibrated_on:,} images{unread}; on {a.images:,} others of the folder the top class "
+         f"equals fp32's for {a.top1:.1%} (mean change of its probability {a.mean_prob_change:.3f})")  # fmt: skip
     return 0
 
 
@@ -233,6 +242,7 @@ def _checked(kind: type, what: str, ok) -> Any:
 
 
 POSITIVE_INT = _checked(int, "a positive integer", lambda v: v > 0)
+CALIBRATION_IMAGES = _checked(int, f"an integer >= {MIN_CALIBRATION_IMAGES}", lambda v: v >= MIN_CALIBRATION_IMAGES)
 COUNT = _checked(int, "an integer >= 0", lambda v: v >= 0)
 POSITIVE = _checked(float, "a number > 0", lambda v: v > 0)
 NON_NEGATIVE = _checked(float, "a number >= 0", lambda v: v >= 0)
@@ -397,8 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--int8", metavar="DIR", help="quantize the ONNX file to INT8 (ONNX Runtime, static), calibrated "
                    "on images of DIR like the ones the model will see; checked on others of them")  # fmt: skip
-    p.add_argument("--calibration-images", type=POSITIVE_INT, default=200,
-                   help="with --int8: at most this many images calibrate")  # fmt: skip
+    p.add_argument("--calibration-images", type=CALIBRATION_IMAGES,
+                   help="with --int8: at most this many images calibrate (default: 200)")  # fmt: skip
     p.set_defaults(func=_export)
     return parser
 

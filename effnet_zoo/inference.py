@@ -79,11 +79,13 @@ def bf16_autocast(device: torch.device | str = "cpu") -> torch.autocast:
     agreement with fp32 that docs/performance.md measures: the weights are what bf16's 8-bit mantissa cannot carry.
     """
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("bf16 on cuda was asked for, but torch sees no CUDA device")
     if not native_bf16(device):
         what = "this CPU has neither AVX512-BF16 nor AMX" if device.type == "cpu" else f"{device} has no native bf16"
         raise RuntimeError(
             f"bf16 was asked for, but {what}: it would be emulated, several times slower than fp32. Run in fp32 "
-            "(drop --amp), or use a machine with native bf16"
+            "(drop --amp; in Python, leave out bf16_autocast), or use a machine with native bf16"
         )
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
@@ -97,6 +99,11 @@ def compile_for_inference(fast: nn.Module) -> nn.Module:
     fast as eager bf16; fp32 gains less (docs/performance.md). The first call of each input shape compiles (seconds
     to a minute) and needs a C++ compiler.
     """
+    if not isinstance(fast, nn.Module):
+        raise TypeError(f"compile_for_inference takes an nn.Module (optimize_for_inference's copy), got {type(fast)}")
+    if fast.training:  # BatchNorm would use each batch's statistics, silently
+        raise ValueError("compile_for_inference needs a model in eval mode: pass effnet_zoo.optimize_for_inference("
+                         "model), which is one")  # fmt: skip
     return torch.compile(fast, options={"freezing": True})
 
 

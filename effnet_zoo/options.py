@@ -12,4 +12,5 @@ LAYOUTS = ("effnet_zoo", "timm")  # of a saved model folder's weights: ours, or 
 DTYPE_NAMES = ("fp32", "fp16", "bf16")  # stored precision of a model folder's weights
 SOURCE_FORMATS = ("tf-ckpt", "keras-h5", "timm", "torchvision", "lukemelas", "seed", "transformers")
 EXPORT_FORMATS = ("onnx", "torchscript", "torch-export")
+MIN_CALIBRATION_IMAGES = 10  # export --int8: ranges from fewer images than this are a guess
 PREDICT_FORMATS = ("jsonl", "csv")  # predict --out: one record per image, written as each batch finishes

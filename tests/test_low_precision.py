@@ -119,3 +119,46 @@ def test_padding_a_compiled_batch_changes_no_image_s_logits():
         torch.testing.assert_close(_padded(compiled, 5)(x), fast(x), rtol=1e-5, atol=1e-5)
         assert _padded(compiled, 3)(x).shape == (3, 1000)
     assert seen == [(5, 3, 96, 96), (3, 3, 96, 96)]
+
+
+def test_calibration_image_counts_and_unreadable_folders_are_explained(tmp_path, capsys, lite0_dir):
+    """--calibration-images below 10 or without --int8 is refused at once; a folder none of whose images can be
+    read says so (ONNX Runtime alone said "No data is collected.")."""
+    from effnet_zoo.cli import main
+
+    out = str(tmp_path / "m.onnx")
+    with pytest.raises(SystemExit):
+        main(["export", "--model", "effnet_v1_b99", "--format", "onnx", "--out", out, "--int8", ".",
+              "--calibration-images", "5"])  # fmt: skip
+    assert "an integer >= 10" in capsys.readouterr().err
+    assert main(["export", "--model", "effnet_v1_b99", "--format", "onnx", "--out", out, "--calibration-images",
+                 "50"]) != 0  # fmt: skip
+    assert "--calibration-images goes with --int8" in capsys.readouterr().err
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for i in range(12):
+        (junk / f"{i}.jpg").write_bytes(b"not a JPEG")
+    assert main(["export", "--model", f"local-dir:{lite0_dir}", "--format", "onnx", "--out", out, "--int8",
+                 str(junk)]) != 0  # fmt: skip
+    assert "none of the calibration images could be read" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk"]  # no temporary file left
+
+
+def test_compile_refusals_and_failures_say_what_to_do(tmp_path, monkeypatch, capsys, lite0_dir):
+    """compile_for_inference refuses a model in train mode (its BatchNorm would use batch statistics); a compiler
+    that fails is one line naming the way out, and a run that kept nothing leaves no .partial behind."""
+    import timm
+    import torch._inductor.config
+
+    from effnet_zoo.cli import main
+
+    with pytest.raises(ValueError, match="needs a model in eval mode"):
+        effnet_zoo.compile_for_inference(timm.create_model("effnet_v1_b0"))
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/nonexistent/g++"))
+    photos = str(Path(effnet_zoo.__file__).parent / "demo_photos")
+    out = tmp_path / "labels.jsonl"
+    assert main(["predict", photos, "--model", f"local-dir:{lite0_dir}", "--compile", "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "--compile could not compile the model" in err and "run without --compile" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []

@@ -17,9 +17,9 @@ from timm.data import resolve_data_config
 
 from .._io import atomic_write, check_replaceable_file, no_space
 from ..inference import optimize_for_inference
-from ..options import EXPORT_FORMATS
+from ..options import EXPORT_FORMATS, MIN_CALIBRATION_IMAGES
 from .common import load_pretrained
-from .quantize import MIN_CALIBRATION_IMAGES, Agreement, agreement, image_batches, quantize_onnx, split_images
+from .quantize import Agreement, agreement, image_batches, quantize_onnx, split_images
 
 FORMATS = EXPORT_FORMATS
 SUFFIXES = {
@@ -40,6 +40,7 @@ class ExportResult:
     checked_batch: int
     int8: Agreement | None = None  # --int8: agreement with fp32 on the folder's images that did not calibrate it
     calibrated_on: int = 0
+    calibration_unreadable: int = 0
 
 
 @contextlib.contextmanager
@@ -155,12 +156,12 @@ def check_replaceable_export(path: Path, fmt: str) -> None:
         raise FileExistsError(f"{path} is {what}; --force replaces only a previous {fmt} export: choose another path")
 
 
-def _check_space(out: Path, model: torch.nn.Module) -> None:
+def _check_space(out: Path, model: torch.nn.Module, copies: int = 1) -> None:
     """Refuse an export the disk cannot hold, before writing: torch's TorchScript and .pt2 writers abort the whole
     process (C++ terminate) when the disk fills, so nothing could be cleaned up or explained afterwards."""
     import shutil
 
-    need = sum(t.numel() * t.element_size() for t in model.state_dict().values()) * 1.1 + 2**20
+    need = sum(t.numel() * t.element_size() for t in model.state_dict().values()) * 1.1 * copies + 2**20
     folder = next(p for p in [out.parent, *out.parent.parents] if p.exists())
     free = shutil.disk_usage(folder).free
     if free < need:
@@ -180,17 +181,22 @@ def export(
     force: bool = False,
     seed: int = 0,
     int8: str | None = None,
-    calibration_images: int = 200,
+    calibration_images: int | None = None,
 ) -> ExportResult:
     """Export ``model_name``'s inference copy as ``fmt`` to ``out`` and check the written file against eager.
 
     ``int8``: a folder of images; the ONNX file is then quantized to INT8 (:mod:`.quantize`), calibrated on up to
-    ``calibration_images`` of them and checked on others (top-1 agreement with fp32, not a tolerance).
+    ``calibration_images`` (default 200) of them and checked on others (top-1 agreement with fp32, not a
+    tolerance).
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
     if int8 is not None and fmt != "onnx":
         raise ValueError(f"--int8 quantizes an ONNX file (ONNX Runtime's static quantization); got --format {fmt}")
+    if calibration_images is not None and int8 is None:
+        raise ValueError("--calibration-images goes with --int8 DIR (the images that calibrate INT8)")
+    if calibration_images is not None and calibration_images < MIN_CALIBRATION_IMAGES:
+        raise ValueError(f"--calibration-images must be at least {MIN_CALIBRATION_IMAGES}, got {calibration_images}")
     out_path = Path(out)
     check_replaceable_export(out_path, fmt)  # an existing file that is not ours is named for what it is
     if out_path.suffix.lower() not in SUFFIXES[fmt]:  # `--format onnx --out x.pt` was written silently
@@ -200,7 +206,7 @@ def export(
         )
     if (out_path.exists() or out_path.is_symlink()) and not force:
         raise FileExistsError(f"{out} exists; pass --force to replace it")
-    calibrate, check_images = split_images(int8, calibration_images) if int8 is not None else ([], [])
+    calibrate, check_images = split_images(int8, calibration_images or 200) if int8 is not None else ([], [])
     model = load_pretrained(model_name).eval()
     fast = optimize_for_inference(model)
     cfg = resolve_data_config({}, model=model)
@@ -220,7 +226,7 @@ def export(
         raise ValueError(
             f"{model_name} gives NaN/Inf logits on a random input: its weights are damaged; nothing exported"
         )
-    _check_space(out_path, fast)
+    _check_space(out_path, fast, copies=3 if int8 is not None else 1)
     outputs = {}
 
     def write(tmp: Path) -> None:
@@ -236,6 +242,7 @@ def export(
                     raise ValueError(f"only {read} of the {len(calibrate)} calibration images could be read; "
                                      f"calibration needs at least {MIN_CALIBRATION_IMAGES}")  # fmt: skip
                 outputs["calibrated_on"] = read
+                outputs["calibration_unreadable"] = len(calibrate) - read
                 _mark_onnx(tmp)
             outputs["got"] = got = _run_exported(fmt, tmp, check).float()  # the file as written, before renaming
             if not torch.isfinite(got).all():  # raised inside the write: the half-checked file is not kept
@@ -248,4 +255,5 @@ def export(
     got = outputs["got"]
     diff = (got - expected).abs().max().item()
     return ExportResult(out_path, fmt, tuple(x.shape), diff, diff / expected.abs().max().item(), check.shape[0],
-                        outputs.get("int8"), outputs.get("calibrated_on", 0))  # fmt: skip
+                        outputs.get("int8"), outputs.get("calibrated_on", 0),
+                        outputs.get("calibration_unreadable", 0))  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import sys
@@ -22,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from .._io import check_output, check_replaceable_file, disk_full, full_disk_error, signals_deferred
-from .._text import printable
+from .._text import first_line, printable
 from ..inference import compile_for_inference, optimize_for_inference
 from ..options import PREDICT_FORMATS
 from ..weights.common import special_file
@@ -285,6 +286,7 @@ class ResultsFile:
                 os.truncate(self.partial, end)  # a record torn by the kill is cut off
         self.kept = len(self.done)
         fresh = end == 0  # nothing kept, not even a CSV header
+        self.started_empty = fresh
         # surrogateescape: a file name that is not UTF-8 is written as its own bytes, and read back the same way
         self.file = open(self.partial, "w" if fresh else "a", encoding="utf-8", errors="surrogateescape", newline="")
         # every field quoted: a bare CR in a file name split the row for every CSV reader
@@ -514,6 +516,8 @@ def _predict_files(
     # the inference copy (BatchNorm folded, static padding): equal to eager up to float rounding, about 1.2x faster
     # on this project's CPU (B0, batch 16), and nothing in a command can watch the modules
     model = optimize_for_inference(load_pretrained(model_name).eval()).to(env.device)
+    if compile:  # torch's C++ extension loader logs a CUDA warning on every CPU compile: not the user's concern
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     forward = _padded(compile_for_inference(model), batch_size) if compile else model
     k = min(topk, model.num_classes)
 
@@ -557,7 +561,9 @@ def _predict_files(
         bar.close()
         if isinstance(writer, ResultsFile):
             writer.close()
-            if classified or writer.kept:
+            if not classified and writer.started_empty:  # stopped before a result: no .partial to block the next run
+                writer.partial.unlink(missing_ok=True)
+            elif classified or writer.kept:
                 kept = count(classified + writer.kept, "result")
                 tqdm.write(f"effnet-zoo: {kept} kept in {printable(str(writer.partial))}; the same command with "
                            "--resume classifies the rest", file=sys.stderr)  # fmt: skip
@@ -569,11 +575,16 @@ def _predict_files(
 
 def _padded(compiled: Callable[[torch.Tensor], torch.Tensor], size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """``compiled`` on batches of one size: a smaller one (the last, or one with unreadable images left out) is
-    padded with zeros, not compiled again. Each image's logits depend on that image alone (BatchNorm is folded)."""
+    padded with zeros, not compiled again. Each image's logits depend on that image alone (BatchNorm is folded).
+    A compiler failure (no C++ compiler, say) is one line that names the way out."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         n = len(x)
-        return compiled(torch.cat([x, x.new_zeros(size - n, *x.shape[1:])]) if n < size else x)[:n]
+        try:
+            return compiled(torch.cat([x, x.new_zeros(size - n, *x.shape[1:])]) if n < size else x)[:n]
+        except torch._dynamo.exc.TorchDynamoException as e:
+            raise RuntimeError(f"--compile could not compile the model ({first_line(str(e))}); run without "
+                               "--compile") from e  # fmt: skip
 
     return forward
 

@@ -9,6 +9,7 @@ float agreed no better either (91.7% against 93.3% on Lite0) and was slower, so 
 
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -18,9 +19,9 @@ from pathlib import Path
 import torch
 
 from .._text import printable
-from .common import ImagePaths, decoded_loader, expand_image_paths
+from ..options import MIN_CALIBRATION_IMAGES
+from .common import ImagePaths, count, decoded_loader, expand_image_paths
 
-MIN_CALIBRATION_IMAGES = 10  # ranges from fewer images than this are a guess
 CHECK_EVERY = 5  # every 5th image of the folder checks the INT8 model; the others calibrate it
 BATCH = 8
 # ORT's calibration keeps every layer's output of every batch until it reduces them: B0 at 224 holds ~50 MB per
@@ -48,8 +49,8 @@ def split_images(folder: str, limit: int) -> tuple[list[Path], list[Path]]:
     if len(calibrate) < MIN_CALIBRATION_IMAGES:
         needed = MIN_CALIBRATION_IMAGES + (MIN_CALIBRATION_IMAGES - 1) // (CHECK_EVERY - 1)
         raise ValueError(
-            f"--int8 {printable(folder)} has {len(paths)} image files; calibration needs at least {needed} (every "
-            f"{CHECK_EVERY}th is kept back to check the result): add images like the ones the model will see"
+            f"--int8 {printable(folder)} has {count(len(paths), 'image file')}; calibration needs at least {needed} "
+            f"(every {CHECK_EVERY}th is kept back to check the result): add images like the ones the model will see"
         )
     return _spread(calibrate, limit), _spread(check, limit)
 
@@ -81,10 +82,15 @@ def quantize_onnx(src: Path, dst: Path, batches: Iterable[torch.Tensor]) -> int:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     read = 0
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:  # ONNX Runtime would say only "No data is collected."
+        raise ValueError("none of the calibration images could be read; give --int8 a folder of readable images")
+    batches = itertools.chain([first], batches)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(batches)
+            self.batches = batches
 
         def get_next(self) -> dict | None:
             nonlocal read
