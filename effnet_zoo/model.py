@@ -407,6 +407,14 @@ class EfficientNet(nn.Module):
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
+    def set_lean_training(self, enable: bool = True) -> None:
+        """In training, run each block's layers as units that keep about a third of what autograd would keep for
+        backward, with the same gradients (effnet_zoo.fused; on by default). False: the modules as written."""
+        for module in self.modules():
+            if isinstance(module, MBConv):
+                module.lean_training = enable
+
+    @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """BatchNorm affine parameters and biases: decaying them only hurts (timm's convention)."""
         return {name for name, p in self.named_parameters() if p.ndim <= 1}

@@ -85,6 +85,13 @@ def _observed(module: nn.Module) -> bool:
     )
 
 
+def training_shortcut_allowed(x: torch.Tensor, *modules: nn.Module) -> bool:
+    """May a training shortcut (an autograd function that saves less than the modules would, effnet_zoo.fused)
+    replace ``modules`` on ``x``? Where :func:`shortcut_allowed` says nothing can tell, with gradients on, and not
+    under ``torch.compile``, which plans what to save (and recomputes) itself."""
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling() and shortcut_allowed(x, *modules)
+
+
 def shortcut_allowed(x: torch.Tensor, *modules: nn.Module) -> bool:
     """May a shortcut that bypasses or overwrites the work of ``modules`` run on input ``x``?
 

@@ -178,3 +178,36 @@ def test_finetune_on_cuda_runs_with_the_gpu_defaults_and_reports_throughput(tmp_
     result = finetune(cfg)
     (epoch,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert epoch["train_img_per_s"] > 0 and result["history"][0]["train_img_per_s"] == epoch["train_img_per_s"]
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_training_activation_memory_at_most_0_6_of_timms(bf16):
+    """Issue 23 on a GPU: the memory a B0 training step adds on top of the model (peak allocated during forward +
+    backward, minus what was allocated before) is at most 0.6x timm's TF port's, and so are the bytes saved for
+    backward (what ``benchmarks/bench.py --modes saved`` counts on any device)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench", Path(__file__).parent.parent / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ref, ours = _pair("b0", seed=8)
+    x, target = _x(32, 3, 224, 224), torch.randint(0, 1000, (32,), device="cuda")
+
+    def step_peak(model):
+        model.train().zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    peaks = {name: step_peak(m) for name, m in (("timm", ref), ("ours", ours))}
+    saved = {name: bench.saved_activation_bytes(m.train(), x, bf16) for name, m in (("timm", ref), ("ours", ours))}
+    print(f"peak over the model: ours {peaks['ours'] / 2**20:.0f} MiB, timm {peaks['timm'] / 2**20:.0f} MiB; "
+          f"saved: ours {saved['ours'] / 2**20:.0f} MiB, timm {saved['timm'] / 2**20:.0f} MiB")  # fmt: skip
+    assert saved["ours"] <= 0.6 * saved["timm"]
+    assert peaks["ours"] <= 0.6 * peaks["timm"]
