@@ -9,12 +9,16 @@ rounds. Candidates run interleaved (A, B, C, A, B, C, ...) and each reports its 
 
 Modes:
   infer  ``create_model(...).eval()`` of each library under ``torch.inference_mode``
-  train  forward + backward + SGD step (img/s); also peak memory of two steps, each library in a fresh process
+  train  forward + backward + SGD step (img/s), also ours with its training units off (``ours_plain``); also peak
+         memory of two steps, each library in a fresh process
          (CUDA: max allocated; CPU, Linux: growth of peak RSS over the built model)
   watched  ``infer`` plus ours with a no-op forward hook on every conv and BatchNorm: a watched layer runs the
          plain conv -> BN path (effnet_zoo.shortcuts), so this is what hooks, pruning or a probe cost
   load   pretrained load of the same safetensors file (random weights, timm's tf_ layout; torchvision gets them
          renamed), each library in a fresh process: wall time and peak RSS growth (Linux)
+  saved  bytes autograd keeps for backward in one training forward (``saved_tensors_hooks``, distinct storages,
+         weights left out), per image, fp32 and bf16 autocast: ours, timm's TF port, timm's native model and
+         torchvision. Device-independent: what bounds the batch on a fixed GPU
   fast   each library's documented inference fast path: ours ``effnet_zoo.optimize_for_inference``; torchvision
          with ``torch.fx.experimental.optimization.fuse`` + channels_last (timm's TF model cannot be traced for that:
          its padding is computed at run time), against timm's eager model. On the CPU (fp32) also ONNX Runtime
@@ -63,6 +67,12 @@ def build(variant: str, library: str) -> torch.nn.Module:
         return timm.create_model(f"tf_efficientnet_{variant}")
     if library == "torchvision":
         return getattr(torchvision.models, f"efficientnet_{variant}")()
+    if library == "ours_plain":  # ours running its modules as written in training, what it did before the units
+        model = build(variant, "ours")
+        model.set_lean_training(False)
+        return model
+    if library == "timm":  # timm's own (PyTorch-trained) EfficientNet, for the saved-bytes comparison
+        return timm.create_model(f"efficientnet_{variant}")
     ours = timm.create_model(f"effnet_{variant}" if variant.startswith("lite") else f"effnet_v1_{variant}")
     ours.load_state_dict(from_timm(build(variant, "timm_tf").state_dict()))
     return ours
@@ -234,6 +244,46 @@ def _train_step_fn(model: torch.nn.Module, batch: int, size: int, args: argparse
     return step
 
 
+def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, bf16: bool = False) -> int:
+    """Bytes autograd keeps for backward during one training forward of ``model`` on ``x``: every distinct storage
+    ``saved_tensors_hooks`` sees, the model's own parameters and buffers left out. Device-independent: it is what
+    a GPU must hold at the end of the forward besides the weights (batch size on a fixed GPU stops there)."""
+    own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            model(x)
+    return sum(seen.values())
+
+
+def bench_saved(variant: str, args: argparse.Namespace) -> list[dict]:
+    """Saved-for-backward MiB per image, fp32 and bf16 autocast, for ours, timm's TF port, timm's native model and
+    torchvision, in train mode at the variant's size (batch ``--train-batch``, at most 4: the figure is per image)."""
+    size = RESOLUTION[variant]
+    x = make_input(min(args.train_batch, 4), size, args)
+    models = {lib: build(variant, lib).to(args.device).train() for lib in ("ours", "timm_tf", "timm", "torchvision")}
+    mib = {}
+    for bf16 in (False, True):
+        for lib, model in models.items():
+            mib[f"{lib}_{'bf16' if bf16 else 'fp32'}"] = saved_activation_bytes(model, x, bf16) / 2**20 / len(x)
+    return [
+        {
+            "mode": "saved",
+            "model": variant,
+            "size": size,
+            "mib_per_image": {k: round(v, 1) for k, v in mib.items()},
+            "ours_vs_timm_tf": {p: round(mib[f"ours_{p}"] / mib[f"timm_tf_{p}"], 3) for p in ("fp32", "bf16")},
+        }
+    ]
+
+
 def _peak_memory_child(variant: str, library: str, args: argparse.Namespace, queue) -> None:
     size = RESOLUTION[variant]
     model = prepare(build(variant, library), args, train=True)
@@ -286,8 +336,10 @@ def peak_memory_mib(variant: str, library: str, args: argparse.Namespace) -> flo
 
 
 def bench_train(variant: str, args: argparse.Namespace) -> list[dict]:
+    """Training steps, interleaved; ``ours_plain`` is ours with the units off (``set_lean_training(False)``)."""
     size = RESOLUTION[variant]
-    models = {lib: prepare(build(variant, lib), args, train=True) for lib in ("ours", "timm_tf", "torchvision")}
+    libs = ("ours", "ours_plain", "timm_tf", "torchvision")
+    models = {lib: prepare(build(variant, lib), args, train=True) for lib in libs}
     if args.grad_checkpointing:
         models["ours"].set_grad_checkpointing(True)
     steps = {k: _train_step_fn(m, args.train_batch, size, args) for k, m in models.items()}
@@ -363,6 +415,7 @@ def _row(mode: str, variant: str, batch: int, size: int, med: dict[str, float]) 
             }
         ),
         **({"watched_vs_ours": round(med["ours_watched"] / med["ours"], 3)} if "ours_watched" in med else {}),
+        **({"units_speedup_vs_plain": round(med["ours_plain"] / med["ours"], 3)} if "ours_plain" in med else {}),
     }
 
 
@@ -383,7 +436,7 @@ def machine(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="b0", help="comma-separated variants, e.g. b0,b3,b7")
-    p.add_argument("--modes", default="infer,train", help="comma-separated: infer, train, fast, watched, load")
+    p.add_argument("--modes", default="infer,train", help="comma-separated: infer, train, fast, watched, load, saved")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch-sizes", default="1,16", help="inference batch sizes")
     p.add_argument("--train-batch", type=int, default=16)
@@ -410,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     if lite and set(args.modes.split(",")) - {"fast"}:
         p.error(f"{', '.join(lite)}: EfficientNet-Lite is benchmarked in --modes fast only (torchvision has none)")
     modes = {"infer": bench_infer, "train": bench_train, "fast": bench_fast, "watched": bench_watched,
-             "load": bench_load}  # fmt: skip
+             "load": bench_load, "saved": bench_saved}  # fmt: skip
     rows = []
     for variant in args.models.split(","):
         for mode in args.modes.split(","):
@@ -426,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print(rows: list[dict]) -> None:
     for r in rows:
+        if r["mode"] == "saved":
+            mib = ", ".join(f"{k} {v:.1f}" for k, v in r["mib_per_image"].items())
+            ratio = r["ours_vs_timm_tf"]
+            print(f"saved {r['model']:<4} at {r['size']}: MiB per image {mib}  |  ours x{ratio['fp32']:.2f} of timm "
+                  f"tf_ in fp32, x{ratio['bf16']:.2f} in bf16", flush=True)  # fmt: skip
+            continue
         ms = "  ".join(f"{k} {v:.1f} ms" for k, v in r["ms"].items())
         line = (f"{r['mode']:<6}{r['model']:<4} batch {r['batch']:<4} {ms}  |  ours x{r['speedup_vs_timm_tf']:.2f} "
                 f"vs timm tf_")  # fmt: skip
@@ -436,6 +495,8 @@ def _print(rows: list[dict]) -> None:
         for k in LOW_PRECISION:
             if f"{k}_vs_onnxruntime" in r:
                 line += f", {k} x{r[f'{k}_vs_onnxruntime']:.2f} vs onnxruntime"
+        if "units_speedup_vs_plain" in r:
+            line += f"  |  units x{r['units_speedup_vs_plain']:.2f} vs ours plain"
         if "watched_vs_ours" in r:
             line += f"  |  watched (a hook on every conv/BN) takes x{r['watched_vs_ours']:.2f} ours' time"
         if "peak_mib" in r:

@@ -28,13 +28,25 @@ def test_bench_smoke_json(capsys):
         "watched",
     ]
     for row in report["results"]:
-        # ONNX Runtime on our ONNX export is one of the CPU fast paths
-        # ONNX Runtime fp32 and INT8 and ours in bf16 (where native) are CPU fast paths too
+        # ONNX Runtime fp32 and INT8 on our export, and ours in bf16 (where native), are CPU fast paths too;
+        # training also times ours with its units off
         bf16 = {"ours_bf16"} if effnet_zoo.native_bf16("cpu") else set()
-        extra = {"fast": {"onnxruntime", "onnxruntime_int8"} | bf16, "watched": {"ours_watched"}}.get(
-            row["mode"], set()
-        )
+        extra = {"fast": {"onnxruntime", "onnxruntime_int8"} | bf16, "watched": {"ours_watched"},
+                 "train": {"ours_plain"}}.get(row["mode"], set())  # fmt: skip
         assert set(row["ms"]) == {"ours", "timm_tf", "torchvision"} | extra and row["speedup_vs_timm_tf"] > 0
         assert row["size"] == 64
     assert report["results"][1]["onnxruntime_vs_ours"] > 0 and report["results"][3]["watched_vs_ours"] > 0
     assert report["results"][1]["onnxruntime_int8_vs_onnxruntime"] > 0
+    assert report["results"][2]["units_speedup_vs_plain"] > 0
+
+
+def test_bench_saved_bytes_mode(capsys):
+    """The saved-for-backward figure of docs/performance.md, for all four libraries, in one run."""
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--modes", "saved", "--img-size", "64", "--train-batch", "2", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert set(row["mib_per_image"]) == {f"{lib}_{p}" for lib in ("ours", "timm_tf", "timm", "torchvision")
+                                         for p in ("fp32", "bf16")}  # fmt: skip
+    assert 0 < row["ours_vs_timm_tf"]["fp32"] <= 0.6 and 0 < row["ours_vs_timm_tf"]["bf16"] <= 0.6
