@@ -5,8 +5,10 @@ activation's input: three full-size maps per layer, and four around squeeze-exci
 block is one autograd function, a *unit*: (previous activation [x SE gate]) -> conv -> BatchNorm. A unit keeps
 only its normalised map ``x̂`` (the BatchNorm output before its scale and shift, what BatchNorm's backward needs);
 its input, the previous unit's output ``z = γ·x̂ + β``, and that activation are recomputed from the previous
-unit's ``x̂`` in backward, which is cheap next to the convolutions. The block keeps its input (for the first
-convolution and the residual), one map per unit and the SE gate:
+unit's ``x̂`` in backward, which is cheap next to the convolutions. The depthwise unit of a block with
+squeeze-excitation also applies its activation and SE's squeeze, so that the squeeze and the project unit share
+one activated map. The block keeps its input (for the first convolution and the residual), one map per unit and
+the SE gate:
 
     plain autograd, per block       x, expand (conv out, BN out, act out), depthwise (conv out, BN out, act out,
                                     SE-gated map), project (conv out)
@@ -16,9 +18,9 @@ Nothing is divided by γ (in-place-activated BatchNorm recovers x̂ from its out
 the gradients are plain autograd's up to float rounding. BatchNorm's running statistics are updated by the same
 kernel as ``nn.BatchNorm2d`` (``torch.native_batch_norm``), with the same momentum rules.
 
-:func:`block_forward` runs only where :func:`~effnet_zoo.shortcuts.shortcut_allowed` says nothing can tell the
-difference (no hooks, parametrizations or transforms), in train mode with gradients on, for the exact module
-types it was written for; everywhere else MBConv runs its modules as written.
+:func:`block_forward` runs only where :func:`~effnet_zoo.shortcuts.training_shortcut_allowed` says nothing can
+tell the difference (no hooks, parametrizations, transforms, tracers or ``torch.compile``), with gradients on, for
+the exact module types it was written for, in train mode; everywhere else MBConv runs its modules as written.
 """
 
 from __future__ import annotations
@@ -75,8 +77,9 @@ def _momentum(bn: nn.BatchNorm2d) -> float:
     return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
 
 
-def _affine(xh: torch.Tensor, bn: nn.BatchNorm2d | tuple) -> torch.Tensor:
-    weight, bias = (bn.weight, bn.bias) if isinstance(bn, nn.BatchNorm2d) else bn
+def _affine(xh: torch.Tensor, bn: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """BatchNorm's scale and shift: z = γ·x̂ + β, in x̂'s dtype."""
+    weight, bias = bn
     shape = (1, -1, 1, 1)
     return torch.addcmul(bias.reshape(shape), xh, weight.reshape(shape)).to(xh.dtype)
 

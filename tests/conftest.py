@@ -130,6 +130,17 @@ def cli(*args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
+def benchmark_script(name: str):  # noqa: ANN201  (the module)
+    """``benchmarks/<name>.py`` imported as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:
     """Max abs difference within ``rtol`` of the reference's largest magnitude."""
     assert actual.shape == expected.shape, (actual.shape, expected.shape)

@@ -4,19 +4,15 @@ In-process and at 64 px to stay cheap; the fresh-process modes (``load``, train 
 that each spend ~8 s importing torch here, so they are run by hand for docs/performance.md, not in the suite.
 """
 
-import importlib.util
 import json
-from pathlib import Path
+
+from conftest import benchmark_script
 
 import effnet_zoo
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
-
 
 def test_bench_smoke_json(capsys):
-    spec = importlib.util.spec_from_file_location("bench", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_script("bench")
     code = bench.main(["--modes", "infer,fast,train,watched", "--batch-sizes", "1", "--train-batch", "2",
                        "--img-size", "64", "--no-memory", "--rounds", "1", "--warmup", "0", "--json"])  # fmt: skip
     assert code == 0
@@ -42,9 +38,7 @@ def test_bench_smoke_json(capsys):
 
 def test_bench_saved_bytes_mode(capsys):
     """The saved-for-backward figure of docs/performance.md, for all four libraries, in one run."""
-    spec = importlib.util.spec_from_file_location("bench", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_script("bench")
     assert bench.main(["--modes", "saved", "--img-size", "64", "--train-batch", "2", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["results"]
     assert set(row["mib_per_image"]) == {f"{lib}_{p}" for lib in ("ours", "timm_tf", "timm", "torchvision")

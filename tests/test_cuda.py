@@ -8,7 +8,7 @@ results are held to the spread between timm's own fp32 and bf16 outputs, measure
 import pytest
 import timm
 import torch
-from conftest import assert_rel_close, timm_reference
+from conftest import assert_rel_close, benchmark_script, timm_reference
 
 import effnet_zoo
 from effnet_zoo.weights.timm_format import from_timm
@@ -185,12 +185,7 @@ def test_training_activation_memory_at_most_0_6_of_timms(bf16):
     """Issue 23 on a GPU: the memory a B0 training step adds on top of the model (peak allocated during forward +
     backward, minus what was allocated before) is at most 0.6x timm's TF port's, and so are the bytes saved for
     backward (what ``benchmarks/bench.py --modes saved`` counts on any device)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("bench", Path(__file__).parent.parent / "benchmarks" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_script("bench")
     ref, ours = _pair("b0", seed=8)
     x, target = _x(32, 3, 224, 224), torch.randint(0, 1000, (32,), device="cuda")
 

@@ -6,33 +6,22 @@ Gradients are compared in float64 with ``gradcheck`` per function and, for the w
 """
 
 import copy
-import importlib.util
 import statistics
-from pathlib import Path
 
 import pytest
 import timm
 import torch
-from conftest import randomize_bn, timm_reference
+from conftest import benchmark_script, randomize_bn, timm_reference
 from torch import nn
 
 from effnet_zoo import fused
 from effnet_zoo.layers import ConvBnAct
 from effnet_zoo.weights.timm_format import from_timm
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def saved_bytes():
-    return _bench().saved_activation_bytes
+    return benchmark_script("bench").saved_activation_bytes
 
 
 @pytest.mark.parametrize("variant,size", [("b0", 224), ("b3", 300)])

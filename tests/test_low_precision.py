@@ -7,29 +7,20 @@ docs/performance.md. The bounds below are the measured figures, rounded down: ne
 50% sure, both keep its answer on every crop.
 """
 
-import importlib.util
 import io
 import json
 from pathlib import Path
 
 import pytest
+from conftest import benchmark_script
 
 import effnet_zoo
 from effnet_zoo import inference
 
-ACCURACY = Path(__file__).resolve().parent.parent / "benchmarks" / "accuracy.py"
-
-
-def _accuracy_script():
-    spec = importlib.util.spec_from_file_location("accuracy", ACCURACY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.skipif(not effnet_zoo.native_bf16("cpu"), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
 def test_bf16_and_int8_agreement_with_fp32_on_real_photographs(tmp_path):
-    routes = _accuracy_script().measure("lite0", tmp_path)["routes"]
+    routes = benchmark_script("accuracy").measure("lite0", tmp_path)["routes"]
     exact, bf16, int8 = routes["fp32 fast path"], routes["bf16 autocast"], routes["int8 onnx"]
     assert exact["images"] == bf16["images"] == int8["images"] == 240
     assert exact["top1_agreement"] == 1.0 and exact["mean_prob_change"] < 1e-4

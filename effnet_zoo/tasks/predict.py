@@ -516,8 +516,10 @@ def _predict_files(
     # the inference copy (BatchNorm folded, static padding): equal to eager up to float rounding, about 1.2x faster
     # on this project's CPU (B0, batch 16), and nothing in a command can watch the modules
     model = optimize_for_inference(load_pretrained(model_name).eval()).to(env.device)
-    if compile:  # torch's C++ extension loader logs a CUDA warning on every CPU compile: not the user's concern
+    if compile and not os.environ.get("TORCH_LOGS"):  # compiler logs are torch's, not the user's concern: a CUDA
+        # warning on every CPU compile, and a dump of the failing kernel before the error explained below
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        logging.getLogger("torch._inductor").setLevel(logging.CRITICAL + 1)
     forward = _padded(compile_for_inference(model), batch_size) if compile else model
     k = min(topk, model.num_classes)
 
