@@ -69,7 +69,12 @@ class MBConv(nn.Module):
 
     def _lean_allowed(self, x: torch.Tensor) -> bool:
         """The fused training path: the exact layer types it was written for, in train mode, nothing watching."""
-        return self.lean_training and block_fusable(self) and training_shortcut_allowed(x, *self.modules())
+        # getattr: a whole-model pickle from before the units has no lean_training
+        return (
+            getattr(self, "lean_training", True)
+            and block_fusable(self)
+            and training_shortcut_allowed(x, *self.modules())
+        )
 
     def _gate_inplace(self, x: torch.Tensor) -> bool:
         """May SE gate the depthwise output in place? Not under autograd (backward needs it), and not when

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .layers import Conv2dSame, ConvBnAct, SqueezeExcite, same_padding
 
@@ -97,6 +98,12 @@ def _recompute_input(kind: str, kept: torch.Tensor, prev: tuple, act: tuple | No
     return None, z_prev, act[0](z_prev)
 
 
+def _check_batch(y: torch.Tensor) -> None:
+    """BatchNorm's own refusal (F.batch_norm's), before any statistic moves: one value per channel has no variance."""
+    if y.numel() // y.shape[1] == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {y.size()}")
+
+
 class _Unit(torch.autograd.Function):
     """Input -> conv -> BatchNorm [-> act, SE's squeeze]; keeps x̂ (and the block's input, for the first unit).
 
@@ -115,6 +122,7 @@ class _Unit(torch.autograd.Function):
             a = act[0](src) if kind == Z else src * gate if gate is not None else src
             a = F.pad(a, (0, extra[1], 0, extra[0])) if extra != (0, 0) else a
         y = F.conv2d(a, weight, None, conv.stride, sym, conv.dilation, conv.groups)  # autocast: in bf16
+        _check_batch(y)
         xh, mean, invstd = torch.native_batch_norm(y, None, None, bn.running_mean, bn.running_var, True, momentum,
                                                    bn.eps)  # fmt: skip
         out = _affine(xh, (bn_weight, bn_bias))
@@ -131,6 +139,7 @@ class _Unit(torch.autograd.Function):
         return out, xh, squeeze
 
     @staticmethod
+    @once_differentiable  # a second derivative (create_graph=True) is refused loudly: set_lean_training(False)
     def backward(ctx, g_out, _gxh, g_squeeze):  # noqa: ANN001, ANN205
         conv, act, act_out, kind, sym, extra, conv_dtype, w_dtype, src_dtype = ctx.spec
         kept, gate, weight, bn_weight, bn_bias, invstd, xh, prev_w, prev_b = ctx.saved_tensors
@@ -188,7 +197,8 @@ def _unit(src, gate, cba: ConvBnAct, prev: tuple | None, kind: str, act_out: boo
     return out, squeeze, (xh, bn.weight.detach(), bn.bias.detach(), own_act)
 
 
-def _fusable(cba: ConvBnAct | None) -> bool:
+def _fusable(cba: ConvBnAct | None, linear: bool = False) -> bool:
+    """``cba`` is the exact ConvBnAct the units were written for (``linear``: with no activation), training."""
     if cba is None:
         return True
     bn, conv = cba.bn, cba.conv
@@ -203,7 +213,7 @@ def _fusable(cba: ConvBnAct | None) -> bool:
         and isinstance(conv.padding, tuple)
         and conv.bias is None
         and conv.padding_mode == "zeros"
-        and (type(cba.act) in _ACTS or type(cba.act) is nn.Identity)
+        and (type(cba.act) is nn.Identity if linear else type(cba.act) in _ACTS)
     )
 
 
@@ -213,7 +223,7 @@ def block_fusable(block: nn.Module) -> bool:
     return (
         _fusable(block.expand)
         and _fusable(block.dw)
-        and _fusable(block.project)
+        and _fusable(block.project, linear=True)
         and type(block.dw.act) in _ACTS
         and (block.expand is None or type(block.expand.act) is type(block.dw.act))
         and (se is None or (type(se) is SqueezeExcite and type(se.act) in _ACTS))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .shortcuts import shortcut_allowed
+from .shortcuts import shortcut_allowed, watch_forward
 
 Padding = Literal["same", "symmetric"]
 PADDINGS = ("same", "symmetric")
@@ -128,6 +128,7 @@ _INPLACE_ACTS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+@watch_forward  # the training units (effnet_zoo.fused) skip it
 class ConvBnAct(nn.Module):
     """Convolution (no bias) -> BatchNorm -> optional activation.
 
@@ -196,6 +197,7 @@ class ConvBnAct(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
+@watch_forward
 class SqueezeExcite(nn.Module):
     """Channel attention: global pool -> reduce (1x1) -> act -> expand (1x1) -> sigmoid gate.
 

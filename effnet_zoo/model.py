@@ -600,3 +600,7 @@ class EfficientNetFeatures(FeatureGetterNet):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def set_lean_training(self, enable: bool = True) -> None:
+        self.model.set_lean_training(enable)

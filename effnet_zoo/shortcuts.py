@@ -33,13 +33,20 @@ _GLOBAL_HOOKS = (
 
 # What a shortcut stands in for, as torch defines it: a profiler or fake-quantizer that patches one of these
 # (ptflops and DeepSpeed's profiler patch F.batch_norm; others patch a class's forward) must see every call.
-_BATCH_NORM = F.batch_norm
+_FUNCTIONS = {name: getattr(F, name) for name in ("batch_norm", "silu", "relu", "relu6", "hardswish")}
 _FORWARDS = {cls: cls.forward for cls in (nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.ReLU, nn.ReLU6, nn.Hardswish)}
 
 
+def watch_forward(cls: type) -> type:
+    """Count a patch of ``cls.forward`` as a patch (our layers whose forward a shortcut skips); a class decorator."""
+    _FORWARDS[cls] = cls.forward
+    return cls
+
+
 def _patched() -> bool:
-    if F.batch_norm is not _BATCH_NORM:
-        return True
+    for name, function in _FUNCTIONS.items():
+        if getattr(F, name) is not function:
+            return True
     for cls, forward in _FORWARDS.items():
         if cls.forward is not forward:
             return True

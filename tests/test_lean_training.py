@@ -189,3 +189,32 @@ def test_bf16_autocast_gradients_within_timms_own_bf16_spread():
     # measured: median 1.11 of timm's spread (plain autograd in our model: 1.00), worst 4.1 (a BatchNorm shift
     # whose spread is small); a wrong gradient would be tens or thousands of times off
     assert statistics.median(ratios) <= 1.3 and max(ratios) <= 6, (statistics.median(ratios), max(ratios))
+
+
+def test_what_the_units_cannot_do_is_refused_or_left_to_the_modules():
+    """Found by a review: a second derivative is refused loudly (the plain path takes it), one value per channel is
+    refused before any statistic moves, a project layer given an activation runs as written, and a features_only
+    backbone has the switch."""
+    model = timm.create_model("effnet_lite0").double().train()
+    x = torch.randn(2, 3, 65, 65, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(model(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.square().sum().backward()
+    model.set_lean_training(False)  # what a gradient penalty needs
+    (g,) = torch.autograd.grad(model(x).square().sum(), x, create_graph=True)
+    g.square().sum().backward()
+
+    backbone = timm.create_model("effnet_v1_b0", features_only=True).train()
+    before = backbone.model.blocks[5][0].dw.bn.running_var.clone()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        backbone(torch.randn(1, 3, 32, 32))  # the last stages' maps are 1x1
+    assert torch.equal(backbone.model.blocks[5][0].dw.bn.running_var, before)
+    backbone.set_lean_training(False)
+
+    ref = timm.create_model("effnet_v1_b0").double().train()
+    for block in (b for stage in ref.blocks for b in stage):
+        block.project.act = nn.ReLU()
+    plain = copy.deepcopy(ref)
+    plain.set_lean_training(False)
+    xb = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    torch.testing.assert_close(ref(xb), plain(xb))
