@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .layers import Conv2dSame, ConvBnAct, SqueezeExcite, same_padding
+from .layers import Conv2dSame, ConvBnAct, SqueezeExcite, same_padding_2d
 
 # The activations a unit can recompute: (act, its derivative at z (aten's own backward kernels), act written into
 # a given tensor).
@@ -64,10 +64,8 @@ def _act_padded(z: torch.Tensor, act: tuple, extra: tuple[int, int]) -> torch.Te
 
 def _padding(conv: nn.Conv2d, x: torch.Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
     """(symmetric padding for the conv, extra bottom/right padding) as the module itself pads ``x``."""
-    if type(conv) is Conv2dSame:
-        kh, kw = conv.kernel_size
-        top, bottom = same_padding(x.shape[-2], kh, conv.stride[0], conv.dilation[0])
-        left, right = same_padding(x.shape[-1], kw, conv.stride[1], conv.dilation[1])
+    if type(conv) is Conv2dSame:  # what conv2d_same does: the symmetric part to the conv, the rest padded
+        top, bottom, left, right = same_padding_2d(x, conv.kernel_size, conv.stride, conv.dilation)
         return (top, left), (bottom - top, right - left)
     return conv.padding, (0, 0)
 
@@ -224,8 +222,6 @@ def block_fusable(block: nn.Module) -> bool:
         _fusable(block.expand)
         and _fusable(block.dw)
         and _fusable(block.project, linear=True)
-        and type(block.dw.act) in _ACTS
-        and (block.expand is None or type(block.expand.act) is type(block.dw.act))
         and (se is None or (type(se) is SqueezeExcite and type(se.act) in _ACTS))
     )
 

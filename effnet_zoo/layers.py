@@ -31,6 +31,15 @@ def same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) ->
     return total // 2, total - total // 2
 
 
+def same_padding_2d(
+    x: torch.Tensor, kernel_size: list[int], stride: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """TF "SAME" padding of ``x``'s two spatial dims: (top, bottom, left, right)."""
+    top, bottom = same_padding(x.shape[-2], kernel_size[0], stride[0], dilation[0])
+    left, right = same_padding(x.shape[-1], kernel_size[1], stride[1], dilation[1])
+    return top, bottom, left, right
+
+
 def all_finite(t: torch.Tensor) -> bool:
     """No NaN/Inf in ``t``: one sum (0.3 ms for 16 images at 224 px; ``isfinite().all()`` takes 11 ms) is finite
     unless a value is not, or unless huge finite values overflow it, which the exact test then settles."""
@@ -52,9 +61,7 @@ def conv2d_same(
     Under ``torch.jit.trace`` the sizes are traced tensors, so the padding arithmetic is recorded too and the
     traced module stays right at other input sizes.
     """
-    kh, kw = weight.shape[-2:]
-    top, bottom = same_padding(x.shape[-2], kh, stride[0], dilation[0])
-    left, right = same_padding(x.shape[-1], kw, stride[1], dilation[1])
+    top, bottom, left, right = same_padding_2d(x, weight.shape[-2:], stride, dilation)
     if not torch.jit.is_scripting():
         if torch.jit.is_tracing():  # traced sizes: all four sides as recorded arithmetic, none baked in
             return F.conv2d(F.pad(x, [left, right, top, bottom]), weight, bias, stride, 0, dilation, groups)
