@@ -89,10 +89,10 @@ def model_folder(name: str, work: Path) -> Path:
 
 def compare(ref: torch.Tensor, got: torch.Tensor) -> dict:
     """Agreement of probabilities ``got`` with ``ref`` (both [N, classes])."""
-    top = ref.argmax(-1)
-    same = got.argmax(-1) == top
+    from effnet_zoo.tasks.quantize import top1_changes
+
+    same, change = top1_changes(ref, got)
     sure = ref.max(-1).values >= SURE
-    change = (got.gather(1, top[:, None]) - ref.gather(1, top[:, None])).abs()
     return {
         "images": len(ref),
         "top1_agreement": round(same.float().mean().item(), 4),

@@ -75,7 +75,7 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
 def bf16_autocast(device: torch.device | str = "cpu") -> torch.autocast:
     """bfloat16 autocast on ``device``, refused where bf16 is not native (it would be slower than fp32, not faster).
 
-    About 1.9x the fp32 fast path's speed on this project's CPU (AVX512-BF16, B0 / Lite0, batch 16), at a cost in
+    1.5-1.9x the fp32 fast path's speed on this project's CPU (AVX512-BF16, B0 / Lite0, batch 16), at a cost in
     agreement with fp32 that docs/performance.md measures: the weights are what bf16's 8-bit mantissa cannot carry.
     """
     device = torch.device(device)

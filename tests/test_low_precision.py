@@ -9,6 +9,7 @@ docs/performance.md. The bounds below are the measured figures, rounded down: ne
 
 import io
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,10 @@ def test_compile_refusals_and_failures_say_what_to_do(tmp_path, monkeypatch, cap
     monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/nonexistent/g++"))
     photos = str(Path(effnet_zoo.__file__).parent / "demo_photos")
     out = tmp_path / "labels.jsonl"
+    inductor_log = logging.getLogger("torch._inductor")
+    level = inductor_log.level
     assert main(["predict", photos, "--model", f"local-dir:{lite0_dir}", "--compile", "--out", str(out)]) != 0
+    assert inductor_log.level == level  # quieted for the run only: a program's own logging is left as it was
     err = capsys.readouterr().err
     assert "--compile could not compile the model" in err and "run without --compile" in err
     assert len(err.strip().splitlines()) == 1, err

@@ -8,6 +8,7 @@ each image handled once, and rank 0 writes the merged results in the order of th
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -499,8 +500,9 @@ def predict_files(
     try:
         if amp:
             autocast(env.device, amp)  # refused where bf16 is not native, before the model loads
-        return _predict_files(paths, model_name, topk, batch_size, workers, env, out, fmt, resume, force,
-                              json_document, progress, on_skip, stdout or sys.stdout, amp, compile)  # fmt: skip
+        with _quiet_compiler() if compile else contextlib.nullcontext():
+            return _predict_files(paths, model_name, topk, batch_size, workers, env, out, fmt, resume, force,
+                                  json_document, progress, on_skip, stdout or sys.stdout, amp, compile)  # fmt: skip
     finally:
         env.close()
 
@@ -516,10 +518,6 @@ def _predict_files(
     # the inference copy (BatchNorm folded, static padding): equal to eager up to float rounding, about 1.2x faster
     # on this project's CPU (B0, batch 16), and nothing in a command can watch the modules
     model = optimize_for_inference(load_pretrained(model_name).eval()).to(env.device)
-    if compile and not os.environ.get("TORCH_LOGS"):  # compiler logs are torch's, not the user's concern: a CUDA
-        # warning on every CPU compile, and a dump of the failing kernel before the error explained below
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        logging.getLogger("torch._inductor").setLevel(logging.CRITICAL + 1)
     forward = _padded(compile_for_inference(model), batch_size) if compile else model
     k = min(topk, model.num_classes)
 
@@ -573,6 +571,25 @@ def _predict_files(
     if not env.main:
         return None
     return PredictSummary(len(paths), classified - skipped, skipped, already, out)
+
+
+@contextlib.contextmanager
+def _quiet_compiler() -> Iterator[None]:
+    """Compiler logs are torch's, not the user's concern: a CUDA warning on every CPU compile, and a dump of a
+    failing kernel before the one-line error :func:`_padded` gives. Quieted for the run, unless TORCH_LOGS asks."""
+    if os.environ.get("TORCH_LOGS"):
+        yield
+        return
+    loggers = {logging.getLogger("torch.utils.cpp_extension"): logging.ERROR,
+               logging.getLogger("torch._inductor"): logging.CRITICAL + 1}  # fmt: skip
+    before = {log: log.level for log in loggers}
+    for log, level in loggers.items():
+        log.setLevel(level)
+    try:
+        yield
+    finally:
+        for log, level in before.items():
+            log.setLevel(level)
 
 
 def _padded(compiled: Callable[[torch.Tensor], torch.Tensor], size: int) -> Callable[[torch.Tensor], torch.Tensor]:

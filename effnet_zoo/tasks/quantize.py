@@ -1,7 +1,8 @@
 """INT8 ONNX: ONNX Runtime's static quantization of what ``export --format onnx`` writes, calibrated on a user's
 images, then checked on images of the same folder that did not calibrate it.
 
-The choices were measured on Lite0-2 with their real ImageNet weights (docs/performance.md, "INT8"): QDQ operators
+The choices were measured on Lite0-2 with their real ImageNet weights (docs/performance.md, "bf16 and INT8: what
+they change in the answers"): QDQ operators
 (what every ONNX runtime reads), int8 weights per output channel, uint8 activations, min/max ranges. Percentile and
 entropy ranges agreed with fp32 no better and took 3-4x as long to calibrate; keeping the first and last layers in
 float agreed no better either (91.7% against 93.3% on Lite0) and was slower, so every layer is quantized.
@@ -111,16 +112,21 @@ def quantize_onnx(src: Path, dst: Path, batches: Iterable[torch.Tensor]) -> int:
     return read
 
 
+def top1_changes(ref: torch.Tensor, got: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image of probabilities ``got`` against ``ref`` ([N, classes]): whether the top class is the same, and
+    how much the probability of ``ref``'s top class moved."""
+    top = ref.argmax(-1)
+    return got.argmax(-1) == top, (got.gather(1, top[:, None]) - ref.gather(1, top[:, None])).abs().squeeze(1)
+
+
 def agreement(model: torch.nn.Module, run_onnx, images: list[Path], img_size: int | None) -> Agreement:
     """Top-1 agreement of ``run_onnx`` (a function of a batch) with the fp32 eager ``model`` on ``images``."""
     same = seen = 0
     change = 0.0
     with torch.no_grad():
         for batch in image_batches(model, images, img_size):
-            ref = model(batch).float().softmax(-1)
-            got = run_onnx(batch).float().softmax(-1)
-            top = ref.argmax(-1)
-            same += int((got.argmax(-1) == top).sum())
-            change += float((got.gather(1, top[:, None]) - ref.gather(1, top[:, None])).abs().sum())
+            kept, moved = top1_changes(model(batch).float().softmax(-1), run_onnx(batch).float().softmax(-1))
+            same += int(kept.sum())
+            change += float(moved.sum())
             seen += len(batch)
     return Agreement(seen, same / seen if seen else math.nan, change / seen if seen else math.nan)
