@@ -96,12 +96,6 @@ def _recompute_input(kind: str, kept: torch.Tensor, prev: tuple, act: tuple | No
     return None, z_prev, act[0](z_prev)
 
 
-def _check_batch(y: torch.Tensor) -> None:
-    """BatchNorm's own refusal (F.batch_norm's), before any statistic moves: one value per channel has no variance."""
-    if y.numel() // y.shape[1] == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {y.size()}")
-
-
 class _Unit(torch.autograd.Function):
     """Input -> conv -> BatchNorm [-> act, SE's squeeze]; keeps x̂ (and the block's input, for the first unit).
 
@@ -120,7 +114,7 @@ class _Unit(torch.autograd.Function):
             a = act[0](src) if kind == Z else src * gate if gate is not None else src
             a = F.pad(a, (0, extra[1], 0, extra[0])) if extra != (0, 0) else a
         y = F.conv2d(a, weight, None, conv.stride, sym, conv.dilation, conv.groups)  # autocast: in bf16
-        _check_batch(y)
+        F._verify_batch_size(y.size())  # F.batch_norm's own refusal, before any statistic moves
         xh, mean, invstd = torch.native_batch_norm(y, None, None, bn.running_mean, bn.running_var, True, momentum,
                                                    bn.eps)  # fmt: skip
         out = _affine(xh, (bn_weight, bn_bias))

@@ -356,10 +356,10 @@ class ResultsFile:
             self.file.close()
 
     def discard(self) -> None:
-        """Nothing was written: leave the files as they were found."""
+        """Nothing was written: leave the files as they were found (a ``.partial`` this run made goes)."""
         self.close()
-        if self.copied:
-            self.partial.unlink()
+        if self.copied or self.started_empty:
+            self.partial.unlink(missing_ok=True)
 
 
 def _copy(src: io.BufferedReader, dst: io.BufferedWriter, size: int) -> None:
@@ -562,7 +562,7 @@ def _predict_files(
         if isinstance(writer, ResultsFile):
             writer.close()
             if not classified and writer.started_empty:  # stopped before a result: no .partial to block the next run
-                writer.partial.unlink(missing_ok=True)
+                writer.discard()
             elif classified or writer.kept:
                 kept = count(classified + writer.kept, "result")
                 tqdm.write(f"effnet-zoo: {kept} kept in {printable(str(writer.partial))}; the same command with "
