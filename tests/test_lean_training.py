@@ -13,6 +13,7 @@ import timm
 import torch
 from conftest import benchmark_script, randomize_bn, timm_reference
 from torch import nn
+from torch.nn.utils import parametrize, prune
 
 from effnet_zoo import fused
 from effnet_zoo.layers import ConvBnAct
@@ -115,7 +116,8 @@ def test_gradcheck_each_unit(kind, k, stride, groups, size, act_out):
 
 def test_anything_watching_gets_the_plain_path(saved_bytes):
     """A hook on an inner module fires (the block runs its modules) and the block saves what plain autograd
-    saves; torch.func sees the modules as written and its gradients equal the units'; FX and TorchScript train."""
+    saves, as with a pruning mask or a parametrization; torch.func sees the modules as written and its gradients
+    equal the units'; FX and TorchScript train."""
     model = timm.create_model("effnet_v1_b0").train()
     x = torch.randn(1, 3, 96, 96)
     lean = saved_bytes(model, x)
@@ -124,6 +126,13 @@ def test_anything_watching_gets_the_plain_path(saved_bytes):
     watched = saved_bytes(model, x)
     handle.remove()
     assert seen == [1] and watched > lean * 1.05
+    prune.l1_unstructured(model.blocks[3][0].project.conv, "weight", amount=0.5)  # a mask applied by a pre-hook
+    assert saved_bytes(model, x) > lean * 1.05
+    prune.remove(model.blocks[3][0].project.conv, "weight")
+    parametrize.register_parametrization(model.blocks[3][0].expand.conv, "weight", nn.Identity())
+    assert saved_bytes(model, x) > lean * 1.05
+    parametrize.remove_parametrizations(model.blocks[3][0].expand.conv, "weight")
+    assert saved_bytes(model, x) == lean
     model.set_lean_training(False)  # the switch: the modules as written
     assert saved_bytes(model, x) > lean * 1.05
     model.set_lean_training(True)
